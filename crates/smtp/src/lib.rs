@@ -1,0 +1,16 @@
+//! The SMTP session engine: a sans-IO state machine fed bytes and returning replies,
+//! address validation (including v3 onion addresses), and a thin async driver that runs a
+//! session over any `AsyncRead + AsyncWrite` stream (TCP, an arti onion stream, a test pipe).
+//!
+//! CONTRACT: the binary is written against exactly the public items below.
+#![doc = include_str!("../README.md")]
+
+pub mod address;
+pub mod reply;
+pub mod server;
+pub mod session;
+
+pub use address::{Address, AddressError};
+pub use reply::Reply;
+pub use server::{serve, Handler};
+pub use session::{Policy, Session, SessionConfig, Step, Transaction};

@@ -1,0 +1,1 @@
+//! Placeholder: the private Tor network harness (being written).
