@@ -4,11 +4,20 @@
 //! see the doc comment of each item. Implementation notes are in README.md.
 #![doc = include_str!("../README.md")]
 
+mod flusher;
+mod keys;
+mod recovery;
+
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+
+use crate::flusher::Flusher;
+use crate::keys::{due_key, id_key, parse_due_key};
 
 /// A queue id: unique for the life of a queue, shown as 16 upper-case hex digits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -130,91 +139,427 @@ pub struct NewMessage<'a> {
     pub body: &'a [u8],
 }
 
+/// What crash recovery repaired when the queue was opened (see [`Queue::recovery`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Envelopes removed because their body was missing.
+    pub envelopes_without_body: u64,
+    /// Bodies removed because their envelope was missing.
+    pub bodies_without_envelope: u64,
+    /// Messages with no pending recipient left, removed (envelope and body).
+    pub finished_removed: u64,
+    /// Pending messages whose due time was moved to "now" (it was later, or missing).
+    pub made_due: u64,
+    /// Due-index keys removed: malformed, pointing to no message, or to a time other than
+    /// the message's due time.
+    pub stale_due_keys: u64,
+    /// Due-index keys added for pending messages that had none.
+    pub due_keys_added: u64,
+    /// Envelopes that could not be decoded, moved (with their body) to the `quarantine`
+    /// tree for a human to look at.
+    pub quarantined: u64,
+}
+
+impl RecoveryReport {
+    /// True when recovery changed nothing but due times (a clean shutdown).
+    pub fn is_clean(&self) -> bool {
+        self.envelopes_without_body == 0
+            && self.bodies_without_envelope == 0
+            && self.finished_removed == 0
+            && self.stale_due_keys == self.made_due
+            && self.due_keys_added == self.made_due
+            && self.quarantined == 0
+    }
+}
+
 /// The durable queue. Cheap to share behind an `Arc`; all methods take `&self`.
 pub struct Queue {
-    _private: (),
+    db: sled::Db,
+    envelopes: sled::Tree,
+    bodies: sled::Tree,
+    due: sled::Tree,
+    recovery: RecoveryReport,
+    flusher: Flusher,
 }
+
+impl fmt::Debug for Queue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Queue")
+            .field("messages", &self.envelopes.len())
+            .field("flushes", &self.flusher.count())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before 1970).
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The error of a multi-tree transaction as a queue error.
+fn tx_err(e: TransactionError<QueueError>) -> QueueError {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => QueueError::Store(e),
+    }
+}
+
+/// Decodes a stored envelope.
+fn decode(id: QueueId, bytes: &[u8]) -> Result<Envelope, QueueError> {
+    serde_json::from_slice(bytes).map_err(|e| QueueError::Corrupt(format!("envelope {id}: {e}")))
+}
+
+/// Encodes an envelope for storage.
+fn encode(env: &Envelope) -> Result<Vec<u8>, QueueError> {
+    serde_json::to_vec(env).map_err(|e| QueueError::Corrupt(format!("envelope {}: {e}", env.id)))
+}
+
+/// Background flush interval of sled: only a backstop for writes nobody syncs (updates
+/// after a delivery); acknowledgements rely on the explicit group-commit flushes.
+const BACKGROUND_FLUSH_MS: u64 = 2_000;
 
 impl Queue {
     /// Opens (or creates) the queue in `dir`, runs crash recovery and starts the group-commit
     /// flusher. Fails if another process holds the store (sled's lock).
     pub fn open(dir: &Path) -> Result<Queue, QueueError> {
-        let _ = dir;
-        unimplemented!()
+        use std::os::unix::fs::DirBuilderExt;
+        // The queue holds other people's mail: private folder (only when we create it).
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| {
+                    QueueError::Store(sled::Error::Io(std::io::Error::new(
+                        e.kind(),
+                        format!("creating queue folder {}: {e}", dir.display()),
+                    )))
+                })?;
+        }
+        let db = sled::Config::new()
+            .path(dir)
+            .flush_every_ms(Some(BACKGROUND_FLUSH_MS))
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+                    QueueError::Store(sled::Error::Io(std::io::Error::new(
+                        io.kind(),
+                        format!(
+                            "queue store {} is locked by another process \
+                             (is the smtorp daemon running?): {io}",
+                            dir.display()
+                        ),
+                    )))
+                }
+                other => QueueError::Store(other),
+            })?;
+        let envelopes = db.open_tree(keys::ENVELOPES)?;
+        let bodies = db.open_tree(keys::BODIES)?;
+        let due = db.open_tree(keys::DUE)?;
+        let quarantine = db.open_tree(keys::QUARANTINE)?;
+
+        let report = recovery::recover(
+            &recovery::Trees {
+                envelopes: &envelopes,
+                bodies: &bodies,
+                due: &due,
+                quarantine: &quarantine,
+            },
+            now_secs(),
+        )?;
+        db.flush()?;
+        if report.is_clean() {
+            tracing::debug!(?report, messages = envelopes.len(), "queue opened");
+        } else {
+            tracing::warn!(
+                ?report,
+                messages = envelopes.len(),
+                "queue opened; crash recovery repaired the store"
+            );
+        }
+
+        let flusher = Flusher::start(db.clone())?;
+        Ok(Queue {
+            db,
+            envelopes,
+            bodies,
+            due,
+            recovery: report,
+            flusher,
+        })
+    }
+
+    /// What crash recovery did when this queue was opened.
+    pub fn recovery(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    /// How many group-commit flushes (fsyncs) the flusher made so far; each one answered
+    /// every [`Queue::sync`] waiting at that moment.
+    pub fn flush_count(&self) -> u64 {
+        self.flusher.count()
     }
 
     /// A fresh queue id (persistently unique).
     pub fn next_id(&self) -> Result<QueueId, QueueError> {
-        unimplemented!()
+        Ok(QueueId(self.db.generate_id()?.saturating_add(1)))
     }
 
     /// Atomically writes envelope, body and due entry (due now). Not yet durable: call
     /// [`Queue::sync`] before acknowledging.
     pub fn insert(&self, msg: &NewMessage<'_>) -> Result<Envelope, QueueError> {
-        let _ = msg;
-        unimplemented!()
+        let env = Envelope {
+            id: msg.id,
+            sender: msg.sender.to_owned(),
+            recipients: msg
+                .recipients
+                .iter()
+                .map(|address| Recipient {
+                    address: address.clone(),
+                    state: RecipientState::Pending,
+                    attempts: 0,
+                    last_error: None,
+                })
+                .collect(),
+            arrival: msg.arrival,
+            origin: msg.origin,
+            size: msg.body.len() as u64,
+            next_due: Some(msg.arrival),
+        };
+        let bytes = encode(&env)?;
+        let key = id_key(env.id);
+        let dkey = due_key(msg.arrival, env.id);
+        (&self.envelopes, &self.bodies, &self.due)
+            .transaction(|(e, b, d)| {
+                if e.get(key)?.is_some() {
+                    return Err(ConflictableTransactionError::Abort(QueueError::Corrupt(
+                        format!("queue id {} is already in use", msg.id),
+                    )));
+                }
+                e.insert(&key[..], bytes.as_slice())?;
+                b.insert(&key[..], msg.body)?;
+                d.insert(&dkey[..], &[][..])?;
+                Ok(())
+            })
+            .map_err(tx_err)?;
+        Ok(env)
     }
 
     /// Group commit: returns once everything written before the call is on stable storage.
     /// Concurrent callers share one flush.
     pub async fn sync(&self) -> Result<(), QueueError> {
-        unimplemented!()
+        let rx = self.flusher.request()?;
+        flusher::answer(rx.await)
     }
 
-    /// [`Queue::sync`] for synchronous callers (CLI commands).
+    /// [`Queue::sync`] for synchronous callers (CLI commands). Must not be called from
+    /// inside an async task (tokio panics on blocking there): use [`Queue::sync`].
     pub fn sync_blocking(&self) -> Result<(), QueueError> {
-        unimplemented!()
+        let rx = self.flusher.request()?;
+        flusher::answer(rx.blocking_recv())
     }
 
     /// Up to `limit` ids whose due time is `<= now`, earliest first. Reads only the due index.
     pub fn due(&self, now: u64, limit: usize) -> Result<Vec<QueueId>, QueueError> {
-        let _ = (now, limit);
-        unimplemented!()
+        let mut ids = Vec::new();
+        if limit == 0 {
+            return Ok(ids);
+        }
+        let iter = match now.checked_add(1) {
+            Some(end) => self.due.range(..due_key(end, QueueId(0))),
+            None => self.due.iter(),
+        };
+        for key in iter.keys() {
+            let key = key?;
+            match parse_due_key(&key) {
+                Some((_, id)) => ids.push(id),
+                None => tracing::warn!(key = ?&key[..], "malformed key in the queue due index"),
+            }
+            if ids.len() >= limit {
+                break;
+            }
+        }
+        Ok(ids)
     }
 
     /// The earliest due time in the index, if any.
     pub fn next_due(&self) -> Result<Option<u64>, QueueError> {
-        unimplemented!()
+        for key in self.due.iter().keys() {
+            let key = key?;
+            match parse_due_key(&key) {
+                Some((secs, _)) => return Ok(Some(secs)),
+                None => tracing::warn!(key = ?&key[..], "malformed key in the queue due index"),
+            }
+        }
+        Ok(None)
     }
 
     /// The envelope of `id`, if queued.
     pub fn envelope(&self, id: QueueId) -> Result<Option<Envelope>, QueueError> {
-        let _ = id;
-        unimplemented!()
+        match self.envelopes.get(id_key(id))? {
+            Some(bytes) => decode(id, &bytes).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// The body of `id`, if queued.
     pub fn body(&self, id: QueueId) -> Result<Option<Vec<u8>>, QueueError> {
-        let _ = id;
-        unimplemented!()
+        Ok(self.bodies.get(id_key(id))?.map(|b| b.to_vec()))
     }
 
     /// Atomically stores a changed envelope and moves its due entry to `env.next_due`.
     /// When no recipient is pending, removes the message (envelope, body, due entry) instead.
     /// Not durable until the next [`Queue::sync`].
+    ///
+    /// A message that is no longer queued (removed meanwhile) is left alone: `Ok(())`.
+    /// A pending envelope with `next_due == None` is stored as due now.
     pub fn update(&self, env: &Envelope) -> Result<(), QueueError> {
-        let _ = env;
-        unimplemented!()
+        let key = id_key(env.id);
+        let pending = env.has_pending();
+        let mut stored = env.clone();
+        stored.next_due = if pending {
+            Some(env.next_due.unwrap_or_else(now_secs))
+        } else {
+            None
+        };
+        let bytes = encode(&stored)?;
+        let new_due = stored.next_due.map(|t| due_key(t, env.id));
+        (&self.envelopes, &self.bodies, &self.due)
+            .transaction(|(e, b, d)| {
+                let Some(old) = e.get(key)? else {
+                    return Ok(());
+                };
+                let old = decode(env.id, &old).map_err(ConflictableTransactionError::Abort)?;
+                if let Some(t) = old.next_due {
+                    d.remove(&due_key(t, env.id)[..])?;
+                }
+                match new_due {
+                    Some(dkey) => {
+                        e.insert(&key[..], bytes.as_slice())?;
+                        d.insert(&dkey[..], &[][..])?;
+                    }
+                    None => {
+                        e.remove(&key[..])?;
+                        b.remove(&key[..])?;
+                    }
+                }
+                Ok(())
+            })
+            .map_err(tx_err)
     }
 
     /// Removes a message entirely; false if it was not there.
     pub fn remove(&self, id: QueueId) -> Result<bool, QueueError> {
-        let _ = id;
-        unimplemented!()
+        let key = id_key(id);
+        // Ok(None): not there; Ok(Some(None)): removed, but the stored envelope could not be
+        // decoded, so its due key is unknown.
+        let removed = (&self.envelopes, &self.bodies, &self.due)
+            .transaction(|(e, b, d)| {
+                b.remove(&key[..])?;
+                let Some(old) = e.remove(&key[..])? else {
+                    return Ok(None);
+                };
+                match serde_json::from_slice::<Envelope>(&old) {
+                    Ok(old) => {
+                        if let Some(t) = old.next_due {
+                            d.remove(&due_key(t, id)[..])?;
+                        }
+                        Ok(Some(Some(())))
+                    }
+                    Err(_) => Ok(Some(None)),
+                }
+            })
+            .map_err(tx_err)?;
+        match removed {
+            None => Ok(false),
+            Some(Some(())) => Ok(true),
+            Some(None) => {
+                // Rare: find the due key(s) of this id by a scan.
+                for k in self.due.iter().keys() {
+                    let k = k?;
+                    if parse_due_key(&k).is_some_and(|(_, kid)| kid == id) {
+                        self.due.remove(&k)?;
+                    }
+                }
+                Ok(true)
+            }
+        }
     }
 
     /// Every envelope, oldest id first (for `smtorp queue list`).
     pub fn list(&self) -> Result<Vec<Envelope>, QueueError> {
-        unimplemented!()
+        let mut out = Vec::new();
+        for item in self.envelopes.iter() {
+            let (key, value) = item?;
+            let id = keys::parse_id_key(&key)
+                .ok_or_else(|| QueueError::Corrupt(format!("envelope key {:?}", &key[..])))?;
+            out.push(decode(id, &value)?);
+        }
+        Ok(out)
     }
 
     /// Number of queued messages.
     pub fn len(&self) -> usize {
-        unimplemented!()
+        self.envelopes.len()
     }
 
     /// True when no message is queued.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn queued(q: &Queue, arrival: u64) -> Envelope {
+        let rcpts = vec!["b@b.onion".to_string()];
+        q.insert(&NewMessage {
+            id: q.next_id().unwrap(),
+            sender: "",
+            recipients: &rcpts,
+            origin: Origin::Smtp,
+            arrival,
+            body: b"x",
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn corrupt_record_at_runtime_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path()).unwrap();
+        let env = queued(&q, 7);
+        q.envelopes
+            .insert(id_key(env.id), &b"\xff garbage"[..])
+            .unwrap();
+        assert!(matches!(q.envelope(env.id), Err(QueueError::Corrupt(_))));
+        assert!(matches!(q.list(), Err(QueueError::Corrupt(_))));
+        assert!(matches!(q.update(&env), Err(QueueError::Corrupt(_))));
+        // Removing it is still possible, and also drops its due key.
+        assert!(q.remove(env.id).unwrap());
+        assert!(q.due.is_empty());
+        assert!(q.bodies.is_empty());
+        // A malformed due key is skipped, not fatal.
+        q.due.insert(b"bad", &[][..]).unwrap();
+        let other = queued(&q, 9);
+        assert_eq!(q.due(100, 10).unwrap(), vec![other.id]);
+        assert_eq!(q.next_due().unwrap(), Some(9));
+    }
+
+    #[test]
+    fn dropping_the_queue_stops_the_flusher() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path()).unwrap();
+        let env = queued(&q, 1);
+        drop(q); // joins the flusher after its final flush
+        let q = Queue::open(dir.path()).unwrap();
+        assert_eq!(q.envelope(env.id).unwrap(), Some(env));
     }
 }

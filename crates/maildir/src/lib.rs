@@ -3,6 +3,9 @@
 //! CONTRACT (the delivery crate is written against exactly this API).
 #![doc = include_str!("../README.md")]
 
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// What went wrong writing into a Maildir. All of these are temporary for the caller (retry).
@@ -40,9 +43,85 @@ pub struct Maildir {
 /// The stable unique name of the delivery of one queued message to one recipient:
 /// `<arrival secs>.Q<queue id>R<recipient index>.<host>`, where `host` has `/` and `:`
 /// replaced (Maildir spec). Same inputs, same name: a retry finds its earlier copy.
-pub fn unique_name(arrival_secs: u64, queue_id: &str, recipient_index: usize, host: &str) -> String {
-    let _ = (arrival_secs, queue_id, recipient_index, host);
-    unimplemented!()
+pub fn unique_name(
+    arrival_secs: u64,
+    queue_id: &str,
+    recipient_index: usize,
+    host: &str,
+) -> String {
+    let host = host.replace('/', "\\057").replace(':', "\\072");
+    format!("{arrival_secs}.Q{queue_id}R{recipient_index}.{host}")
+}
+
+/// Builds an [`MaildirError::Io`] for `path`.
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> MaildirError + '_ {
+    move |source| MaildirError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Checks that `unique` can be used as a file name in tmp/, new/ and cur/.
+fn check_name(unique: &str) -> Result<(), MaildirError> {
+    if unique.is_empty() || unique.starts_with('.') || unique.contains(['/', ':', '\0']) {
+        return Err(MaildirError::BadName(unique.to_owned()));
+    }
+    Ok(())
+}
+
+/// Creates `dir` with mode 0700 if it is missing; true when it was created now.
+fn create_dir(dir: &Path) -> Result<bool, MaildirError> {
+    match DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(false),
+        Err(e) => Err(io_err(dir)(e)),
+    }
+}
+
+/// Opens a directory and fsyncs it, so that entries created or renamed in it are durable.
+fn sync_dir(dir: &Path) -> Result<(), MaildirError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+/// Writes `parts` to `out` with every CRLF turned into LF. A CR at the end of one part
+/// followed by an LF at the start of the next one is a CRLF too. A lone CR or LF is
+/// written unchanged.
+fn write_lf<W: Write>(out: &mut W, parts: &[&[u8]]) -> io::Result<()> {
+    // True when the last byte seen was a CR that has not been written yet.
+    let mut pending_cr = false;
+    for part in parts {
+        let mut rest: &[u8] = part;
+        if pending_cr && !rest.is_empty() {
+            if rest[0] != b'\n' {
+                out.write_all(b"\r")?;
+            }
+            pending_cr = false;
+        }
+        while let Some(pos) = rest.iter().position(|&b| b == b'\r') {
+            out.write_all(&rest[..pos])?;
+            match rest.get(pos + 1) {
+                // CRLF: drop the CR, the LF is written with the next chunk.
+                Some(b'\n') => rest = &rest[pos + 1..],
+                // A lone CR.
+                Some(_) => {
+                    out.write_all(b"\r")?;
+                    rest = &rest[pos + 1..];
+                }
+                // CR at the end of the part: decided by the next part.
+                None => {
+                    pending_cr = true;
+                    rest = &[];
+                }
+            }
+        }
+        out.write_all(rest)?;
+    }
+    if pending_cr {
+        out.write_all(b"\r")?;
+    }
+    Ok(())
 }
 
 impl Maildir {
@@ -58,16 +137,295 @@ impl Maildir {
 
     /// Creates root, tmp/, new/, cur/ (mode 0700) where missing.
     pub fn create(&self) -> Result<(), MaildirError> {
-        unimplemented!()
+        // Fast path: everything is there already.
+        if ["tmp", "new", "cur"]
+            .iter()
+            .all(|d| self.root.join(d).is_dir())
+        {
+            return Ok(());
+        }
+        // The root and its missing parents.
+        if !self.root.is_dir() {
+            let mut missing = Vec::new();
+            let mut p: &Path = &self.root;
+            while !p.as_os_str().is_empty() && !p.exists() {
+                missing.push(p.to_path_buf());
+                match p.parent() {
+                    Some(parent) => p = parent,
+                    None => break,
+                }
+            }
+            for dir in missing.iter().rev() {
+                if create_dir(dir)? {
+                    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                        sync_dir(parent)?;
+                    }
+                }
+            }
+            // The root may exist as something other than a folder: report that.
+            if !self.root.is_dir() {
+                create_dir(&self.root)?;
+            }
+        }
+        let mut created = false;
+        for sub in ["tmp", "new", "cur"] {
+            created |= create_dir(&self.root.join(sub))?;
+        }
+        if created {
+            // Make the new sub-folders durable before anything is renamed into them.
+            sync_dir(&self.root)?;
+        }
+        Ok(())
     }
 
     /// Delivers the concatenation of `parts` under `unique` (creating the folders first if
-    /// needed): write tmp/<unique>, fsync it, rename to new/<unique>, fsync new/. CRLF line
+    /// needed): write `tmp/<unique>`, fsync it, rename to `new/<unique>`, fsync `new/`. CRLF line
     /// endings are written as LF (what mutt, neomutt and Dovecot expect in Maildir files).
-    /// If new/<unique> or cur/<unique>:2,<flags> already exists, returns
+    /// If `new/<unique>` or `cur/<unique>:2,<flags>` already exists, returns
     /// [`Delivered::AlreadyThere`] and writes nothing.
     pub fn deliver(&self, unique: &str, parts: &[&[u8]]) -> Result<Delivered, MaildirError> {
-        let _ = (unique, parts);
-        unimplemented!()
+        check_name(unique)?;
+        self.create()?;
+
+        let new_dir = self.root.join("new");
+        let new_path = new_dir.join(unique);
+        if let Some(found) = self.find_existing(unique, &new_path)? {
+            return Ok(Delivered::AlreadyThere(found));
+        }
+
+        let tmp_path = self.root.join("tmp").join(unique);
+        let file = match open_new(&tmp_path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                // A stale file from an attempt that crashed before the rename.
+                fs::remove_file(&tmp_path).map_err(io_err(&tmp_path))?;
+                open_new(&tmp_path).map_err(io_err(&tmp_path))?
+            }
+            Err(e) => return Err(io_err(&tmp_path)(e)),
+        };
+        if let Err(e) = write_and_sync(file, parts) {
+            let _ = fs::remove_file(&tmp_path);
+            return Err(io_err(&tmp_path)(e));
+        }
+        if let Err(e) = fs::rename(&tmp_path, &new_path) {
+            let _ = fs::remove_file(&tmp_path);
+            return Err(io_err(&new_path)(e));
+        }
+        sync_dir(&new_dir)?;
+        Ok(Delivered::New(new_path))
+    }
+
+    /// The path of an earlier copy named `unique` in new/ or cur/, if there is one.
+    fn find_existing(
+        &self,
+        unique: &str,
+        new_path: &Path,
+    ) -> Result<Option<PathBuf>, MaildirError> {
+        match fs::symlink_metadata(new_path) {
+            Ok(_) => return Ok(Some(new_path.to_path_buf())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(new_path)(e)),
+        }
+        let cur_dir = self.root.join("cur");
+        let prefix = format!("{unique}:");
+        for entry in fs::read_dir(&cur_dir).map_err(io_err(&cur_dir))? {
+            let entry = entry.map_err(io_err(&cur_dir))?;
+            let name = entry.file_name();
+            let bytes = name.as_encoded_bytes();
+            if bytes == unique.as_bytes() || bytes.starts_with(prefix.as_bytes()) {
+                return Ok(Some(entry.path()));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Creates a new file (never an existing one) with mode 0600.
+fn open_new(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// Writes the parts (CRLF -> LF) and fsyncs the file.
+fn write_and_sync(file: File, parts: &[&[u8]]) -> io::Result<()> {
+    let mut out = BufWriter::with_capacity(64 * 1024, file);
+    write_lf(&mut out, parts)?;
+    let file = out.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn lf(parts: &[&[u8]]) -> Vec<u8> {
+        let mut v = Vec::new();
+        write_lf(&mut v, parts).unwrap();
+        v
+    }
+
+    #[test]
+    fn crlf_to_lf_conversion() {
+        assert_eq!(lf(&[b"a\r\nb\r\n"]), b"a\nb\n");
+        assert_eq!(lf(&[b"a\rb\nc\r"]), b"a\rb\nc\r");
+        assert_eq!(lf(&[b"a\r", b"\nb"]), b"a\nb");
+        assert_eq!(lf(&[b"a\r", b"", b"\nb"]), b"a\nb");
+        assert_eq!(lf(&[b"a\r", b"b"]), b"a\rb");
+        assert_eq!(lf(&[b"\r\r\n\n"]), b"\r\n\n");
+        assert_eq!(lf(&[]), b"");
+        assert_eq!(lf(&[b"", b"\r"]), b"\r");
+    }
+
+    #[test]
+    fn unique_name_format() {
+        assert_eq!(
+            unique_name(1700000000, "00000000000000AB", 2, "mx.example"),
+            "1700000000.Q00000000000000ABR2.mx.example"
+        );
+        assert_eq!(unique_name(1, "Q", 0, "a/b:c"), "1.QQR0.a\\057b\\072c");
+        // Same inputs, same name.
+        assert_eq!(unique_name(5, "X", 1, "h"), unique_name(5, "X", 1, "h"));
+    }
+
+    #[test]
+    fn bad_names_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = Maildir::new(dir.path().join("Maildir"));
+        for bad in ["", ".hidden", "a/b", "a:2,S", "a\0b"] {
+            match md.deliver(bad, &[b"x"]) {
+                Err(MaildirError::BadName(n)) => assert_eq!(n, bad),
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn delivers_bytes_with_lf() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = Maildir::new(dir.path().join("a/b/Maildir"));
+        let name = unique_name(1700000000, "0000000000000001", 0, "host");
+        let got = md
+            .deliver(
+                &name,
+                &[
+                    b"Received: x\r\n",
+                    b"Subject: hi\r\n\r\nbody\r",
+                    b"\nlone\rcr\n",
+                ],
+            )
+            .unwrap();
+        let path = md.root().join("new").join(&name);
+        assert_eq!(got, Delivered::New(path.clone()));
+        assert_eq!(
+            fs::read(&path).unwrap(),
+            b"Received: x\nSubject: hi\n\nbody\nlone\rcr\n"
+        );
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        for sub in ["", "tmp", "new", "cur"] {
+            let m = fs::metadata(md.root().join(sub)).unwrap();
+            assert!(m.is_dir());
+            assert_eq!(m.permissions().mode() & 0o777, 0o700, "{sub}");
+        }
+        // Nothing left behind in tmp/.
+        assert_eq!(fs::read_dir(md.root().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn create_is_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = Maildir::new(dir.path().join("M"));
+        md.create().unwrap();
+        md.create().unwrap();
+        assert!(md.root().join("cur").is_dir());
+    }
+
+    #[test]
+    fn redelivery_in_new_is_already_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = Maildir::new(dir.path().join("M"));
+        let first = md.deliver("u1", &[b"first\r\n"]).unwrap();
+        let path = md.root().join("new/u1");
+        assert_eq!(first, Delivered::New(path.clone()));
+        let again = md.deliver("u1", &[b"second\r\n"]).unwrap();
+        assert_eq!(again, Delivered::AlreadyThere(path.clone()));
+        assert_eq!(fs::read(&path).unwrap(), b"first\n");
+        assert_eq!(fs::read_dir(md.root().join("new")).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn moved_to_cur_is_already_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = Maildir::new(dir.path().join("M"));
+        md.deliver("u2", &[b"mail\r\n"]).unwrap();
+        let cur = md.root().join("cur/u2:2,S");
+        fs::rename(md.root().join("new/u2"), &cur).unwrap();
+        assert_eq!(
+            md.deliver("u2", &[b"again"]).unwrap(),
+            Delivered::AlreadyThere(cur.clone())
+        );
+        assert!(!md.root().join("new/u2").exists());
+        assert_eq!(fs::read(&cur).unwrap(), b"mail\n");
+
+        // A reader that dropped the info part entirely.
+        let plain = md.root().join("cur/u3");
+        fs::write(&plain, b"x").unwrap();
+        assert_eq!(
+            md.deliver("u3", &[b"again"]).unwrap(),
+            Delivered::AlreadyThere(plain)
+        );
+        // A different name sharing a prefix is not a match.
+        md.deliver("u", &[b"other"]).unwrap();
+        assert!(md.root().join("new/u").exists());
+    }
+
+    #[test]
+    fn stale_tmp_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = Maildir::new(dir.path().join("M"));
+        md.create().unwrap();
+        fs::write(md.root().join("tmp/u4"), b"half a message from a crash").unwrap();
+        let got = md.deliver("u4", &[b"whole\r\n"]).unwrap();
+        assert_eq!(got, Delivered::New(md.root().join("new/u4")));
+        assert_eq!(fs::read(md.root().join("new/u4")).unwrap(), b"whole\n");
+        assert!(!md.root().join("tmp/u4").exists());
+    }
+
+    #[test]
+    fn root_that_is_a_file_is_an_io_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("notadir");
+        fs::write(&file, b"x").unwrap();
+        for root in [file.clone(), file.join("sub")] {
+            let md = Maildir::new(&root);
+            match md.deliver("u5", &[b"x"]) {
+                Err(MaildirError::Io { path, .. }) => {
+                    assert!(path.starts_with(&file), "{path:?}")
+                }
+                other => panic!("{other:?}"),
+            }
+            assert!(matches!(md.create(), Err(MaildirError::Io { .. })));
+        }
+        assert_eq!(fs::read(&file).unwrap(), b"x");
+    }
+
+    #[test]
+    fn subfolder_that_is_a_file_is_an_io_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = Maildir::new(dir.path().join("M"));
+        fs::create_dir(md.root()).unwrap();
+        fs::write(md.root().join("new"), b"x").unwrap();
+        match md.deliver("u6", &[b"x"]) {
+            Err(e @ MaildirError::Io { .. }) => assert!(e.to_string().contains("new")),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -1,1 +1,163 @@
-fn main() {}
+//! The `smtorp` command: a mail server for Tor onion addresses. This file is the CLI edge:
+//! it parses the command line, loads the configuration and calls the module that does the
+//! work. Invoked as `sendmail` (a symlink) it behaves as `smtorp sendmail`; as `mailq`, as
+//! `smtorp queue list`.
+
+use smtorp::{config, daemon, directory, layout, queue_cmd, sendmail};
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+/// A mail server that sends and receives mail only between Tor onion addresses.
+#[derive(Debug, Parser)]
+#[command(name = "smtorp", version, about)]
+struct Cli {
+    /// The configuration file (default: $SMTORP_CONFIG, else /etc/smtorp/smtorp.toml if it
+    /// exists, else built-in defaults).
+    #[arg(long, short = 'c', global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create the data directory and its folders; print what was created.
+    Init,
+    /// Run the mail server in the foreground (logs to stderr).
+    Run,
+    /// Check the configuration file and print the settings in force.
+    CheckConfig,
+    /// Submit a message read from stdin (sendmail-compatible: -t, -i, -oi, -f).
+    #[command(disable_help_flag = true)]
+    Sendmail {
+        /// sendmail options and recipients.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Inspect the queue (works with the daemon running or stopped).
+    Queue {
+        #[command(subcommand)]
+        command: QueueCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum QueueCommand {
+    /// One line per queued message: id, age, size, sender, each recipient with its state,
+    /// attempts and last error.
+    List,
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+}
+
+fn load(cli_path: Option<&std::path::Path>) -> anyhow::Result<config::Settings> {
+    let path = config::resolve_path(cli_path);
+    config::load(path.as_deref())
+}
+
+fn sendmail_main(config_path: Option<PathBuf>, args: &[String]) -> ExitCode {
+    let settings = match load(config_path.as_deref()) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            eprintln!("sendmail: {e:#}");
+            return ExitCode::from(78); // EX_CONFIG
+        }
+    };
+    let onion = layout::onion_address(&settings);
+    let directory = directory::Directory::new(settings.clone(), onion.as_deref());
+    let stdin = std::io::stdin().lock();
+    match sendmail::run(args, &directory, &settings.config.privacy, &settings.maildrop_dir(), stdin) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sendmail: {}", e.message);
+            ExitCode::from(e.code as u8)
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Init => {
+            let settings = load(cli.config.as_deref())?;
+            let created = layout::create(&settings)?;
+            // Opening the queue once creates the store.
+            drop(daemon::open_queue(&settings)?);
+            if created.is_empty() {
+                println!("{} is ready; nothing to create", settings.config.data_dir.display());
+            }
+            for path in created {
+                println!("created {}", path.display());
+            }
+            Ok(())
+        }
+        Command::Run => {
+            let settings = load(cli.config.as_deref())?;
+            init_logging(&settings.config.log.level);
+            let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            runtime.block_on(daemon::run(settings))
+        }
+        Command::CheckConfig => {
+            let path = config::resolve_path(cli.config.as_deref());
+            let settings = config::load(path.as_deref())?;
+            match &path {
+                Some(p) => println!("{}: OK", p.display()),
+                None => println!("no configuration file: built-in defaults: OK"),
+            }
+            println!("data_dir = {}", settings.config.data_dir.display());
+            println!("local domains = {:?}", settings.local_domains());
+            println!("local users = {:?}", settings.config.local.users);
+            println!("smtp listen = {:?}", settings.smtp_listen);
+            Ok(())
+        }
+        Command::Sendmail { .. } => unreachable_sendmail(),
+        Command::Queue { command: QueueCommand::List } => {
+            let settings = load(cli.config.as_deref())?;
+            queue_cmd::list(&settings)
+        }
+    }
+}
+
+/// `Command::Sendmail` is dispatched in `main` before `real_main` (it has its own exit codes).
+fn unreachable_sendmail() -> anyhow::Result<()> {
+    anyhow::bail!("internal: sendmail is dispatched before")
+}
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    let program = argv
+        .first()
+        .map(|a| a.rsplit('/').next().unwrap_or(a).to_owned())
+        .unwrap_or_default();
+    if program == "sendmail" {
+        return sendmail_main(None, &argv[1..]);
+    }
+    let cli = if program == "mailq" {
+        Cli { config: None, command: Command::Queue { command: QueueCommand::List } }
+    } else {
+        Cli::parse()
+    };
+    if let Command::Sendmail { args } = &cli.command {
+        return sendmail_main(cli.config.clone(), args);
+    }
+    match real_main(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("smtorp: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

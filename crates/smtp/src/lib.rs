@@ -9,6 +9,8 @@ pub mod address;
 pub mod reply;
 pub mod server;
 pub mod session;
+#[cfg(test)]
+mod test_support;
 
 pub use address::{Address, AddressError};
 pub use reply::Reply;

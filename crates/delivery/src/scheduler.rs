@@ -1,0 +1,266 @@
+//! The delivery scheduler: reads only what is due from the queue's due-time index, runs a
+//! bounded number of deliveries at once, wakes at once when new mail is enqueued, records
+//! per-recipient results and reschedules or expires what is left.
+//!
+//! Like Postfix's queue manager, it keeps a small active set in memory (the messages being
+//! delivered now) over the unbounded set on disk; the next retry time lives with the message.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use smtorp_maildir::Delivered;
+use smtorp_queue::{Envelope, Queue, QueueId, RecipientState};
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use crate::local::deliver_to_maildir;
+use crate::{Route, Router};
+
+/// How the scheduler behaves.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// Waits between attempts; the last one repeats.
+    pub retry_after: Vec<Duration>,
+    /// A recipient still pending this long after arrival fails.
+    pub max_lifetime: Duration,
+    /// Messages in delivery at once.
+    pub concurrency: usize,
+    /// The host part of Maildir file names (our primary domain).
+    pub maildir_host: String,
+}
+
+/// The result of one delivery attempt for one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Delivered (or found already delivered).
+    Delivered,
+    /// Try again later; the text says why.
+    Temporary(String),
+    /// Never try again; the text says why.
+    Permanent(String),
+}
+
+/// Counters since start, for `smtorp status` and the logs.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Recipients delivered.
+    pub delivered: AtomicU64,
+    /// Attempts that failed temporarily.
+    pub deferred: AtomicU64,
+    /// Recipients failed permanently (or expired).
+    pub failed: AtomicU64,
+}
+
+/// The delivery scheduler.
+pub struct Scheduler {
+    queue: Arc<Queue>,
+    router: Arc<dyn Router>,
+    config: SchedulerConfig,
+    wake: Arc<Notify>,
+    stats: Arc<Stats>,
+    active: Arc<Mutex<HashSet<QueueId>>>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// How many due ids to read from the index at a time.
+const DUE_BATCH: usize = 256;
+/// The longest the scheduler sleeps without looking at the index.
+const MAX_IDLE: Duration = Duration::from_secs(60);
+
+impl Scheduler {
+    /// A scheduler over `queue`, routing with `router`.
+    pub fn new(queue: Arc<Queue>, router: Arc<dyn Router>, config: SchedulerConfig) -> Scheduler {
+        Scheduler {
+            queue,
+            router,
+            config,
+            wake: Arc::new(Notify::new()),
+            stats: Arc::new(Stats::default()),
+            active: Arc::new(Mutex::new(HashSet::new())),
+        }
+    }
+
+    /// Notify this after enqueueing to have the scheduler look at once.
+    pub fn waker(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
+    /// Runs until `shutdown` turns true, then waits for deliveries in progress.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let this = Arc::new(self);
+        let mut tasks = JoinSet::new();
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let mut full = false;
+            match this.queue.due(unix_now(), DUE_BATCH.max(this.config.concurrency * 2)) {
+                Ok(ids) => {
+                    for id in ids {
+                        if tasks.len() >= this.config.concurrency {
+                            full = true;
+                            break;
+                        }
+                        let fresh = this.active.lock().map(|mut a| a.insert(id)).unwrap_or(false);
+                        if !fresh {
+                            continue;
+                        }
+                        let me = this.clone();
+                        tasks.spawn(async move {
+                            me.deliver_message(id).await;
+                            if let Ok(mut a) = me.active.lock() {
+                                a.remove(&id);
+                            }
+                        });
+                    }
+                }
+                Err(e) => warn!(error = %e, "cannot read the due index; retrying shortly"),
+            }
+            let sleep = match this.queue.next_due() {
+                Ok(Some(t)) => Duration::from_secs(t.saturating_sub(unix_now())).min(MAX_IDLE),
+                Ok(None) => MAX_IDLE,
+                Err(_) => Duration::from_secs(5),
+            };
+            tokio::select! {
+                _ = this.wake.notified() => {}
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                _ = tokio::time::sleep(sleep), if !full && sleep > Duration::ZERO => {}
+                _ = tokio::time::sleep(Duration::from_millis(200)), if !full && sleep == Duration::ZERO && !tasks.is_empty() => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        // Deliveries are short (a Maildir write); let them finish so nothing is half done.
+        while tasks.join_next().await.is_some() {}
+        info!("delivery scheduler stopped");
+    }
+
+    async fn deliver_message(&self, id: QueueId) {
+        let (mut envelope, body) = match (self.queue.envelope(id), self.queue.body(id)) {
+            (Ok(Some(e)), Ok(Some(b))) => (e, b),
+            (Ok(None), _) | (_, Ok(None)) => return, // removed meanwhile
+            (Err(e), _) | (_, Err(e)) => {
+                warn!(queue_id = %id, error = %e, "cannot read queued message");
+                return;
+            }
+        };
+        let body = Arc::new(body);
+        let now = unix_now();
+        for index in 0..envelope.recipients.len() {
+            if envelope.recipients[index].state != RecipientState::Pending {
+                continue;
+            }
+            let outcome = self.deliver_one(&envelope, index, body.clone()).await;
+            let rcpt = &mut envelope.recipients[index];
+            rcpt.attempts = rcpt.attempts.saturating_add(1);
+            match outcome {
+                Outcome::Delivered => {
+                    rcpt.state = RecipientState::Delivered;
+                    rcpt.last_error = None;
+                    self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                    info!(queue_id = %id, attempt = rcpt.attempts, "delivered");
+                    debug!(queue_id = %id, recipient = %rcpt.address, "delivered to");
+                }
+                Outcome::Temporary(why) => {
+                    self.stats.deferred.fetch_add(1, Ordering::Relaxed);
+                    warn!(queue_id = %id, attempt = rcpt.attempts, reason = %why, "deferred");
+                    rcpt.last_error = Some(why);
+                }
+                Outcome::Permanent(why) => {
+                    self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                    warn!(queue_id = %id, reason = %why, "failed permanently");
+                    rcpt.state = RecipientState::Failed;
+                    rcpt.last_error = Some(why);
+                }
+            }
+        }
+        self.reschedule(&mut envelope, now);
+        if let Err(e) = self.queue.update(&envelope) {
+            warn!(queue_id = %id, error = %e, "cannot record delivery results; will retry");
+            return;
+        }
+        if let Err(e) = self.queue.sync().await {
+            warn!(queue_id = %id, error = %e, "cannot flush delivery results");
+        }
+    }
+
+    /// Sets the next due time of a message that still has pending recipients, or expires
+    /// them once the message is older than `max_lifetime`.
+    fn reschedule(&self, envelope: &mut Envelope, now: u64) {
+        if !envelope.has_pending() {
+            envelope.next_due = None;
+            return;
+        }
+        let age = now.saturating_sub(envelope.arrival);
+        if age >= self.config.max_lifetime.as_secs() {
+            for rcpt in envelope.recipients.iter_mut().filter(|r| r.state == RecipientState::Pending) {
+                let last = rcpt.last_error.take().unwrap_or_default();
+                rcpt.last_error = Some(format!("expired after {age} s in the queue; last error: {last}"));
+                rcpt.state = RecipientState::Failed;
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+            }
+            warn!(queue_id = %envelope.id, "expired");
+            envelope.next_due = None;
+            return;
+        }
+        envelope.next_due = Some(now + self.retry_delay(envelope).as_secs());
+    }
+
+    /// The wait before the next attempt: `retry_after[attempts - 1]`, the last one repeating.
+    fn retry_delay(&self, envelope: &Envelope) -> Duration {
+        let attempts = envelope
+            .recipients
+            .iter()
+            .filter(|r| r.state == RecipientState::Pending)
+            .map(|r| r.attempts)
+            .max()
+            .unwrap_or(1)
+            .max(1) as usize;
+        let steps = &self.config.retry_after;
+        steps
+            .get(attempts - 1)
+            .or(steps.last())
+            .copied()
+            .unwrap_or(Duration::from_secs(300))
+    }
+
+    async fn deliver_one(&self, envelope: &Envelope, index: usize, body: Arc<Vec<u8>>) -> Outcome {
+        match self.router.route(&envelope.recipients[index].address) {
+            Route::Local { maildir, user } => {
+                let host = self.config.maildir_host.clone();
+                let id = envelope.id;
+                let envelope = envelope.clone();
+                let result = tokio::task::spawn_blocking(move || {
+                    deliver_to_maildir(&maildir, &host, &envelope, index, &body)
+                })
+                .await;
+                match result {
+                    Ok(Ok(Delivered::New(_))) => Outcome::Delivered,
+                    Ok(Ok(Delivered::AlreadyThere(_))) => {
+                        info!(queue_id = %id, "already in the Maildir (earlier attempt)");
+                        Outcome::Delivered
+                    }
+                    Ok(Err(e)) => Outcome::Temporary(format!("Maildir of {user}: {e}")),
+                    Err(e) => Outcome::Temporary(format!("delivery task failed: {e}")),
+                }
+            }
+            Route::Remote { domain } => Outcome::Temporary(format!(
+                "no outbound transport for {domain} in this version yet"
+            )),
+            Route::Unroutable(why) => Outcome::Permanent(why),
+        }
+    }
+}

@@ -1,0 +1,478 @@
+//! The configuration file (`smtorp.toml`): its structure, defaults, loading and checks.
+//!
+//! Every key has a default that works, so a missing file means "all defaults". The names
+//! here are a contract with the shipped `config/smtorp.toml`, the tests and the docs.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+/// Where the configuration is read from when `--config` is not given and `$SMTORP_CONFIG`
+/// is not set.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/smtorp/smtorp.toml";
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Queue, maildrop, arti state and onion keys live here.
+    pub data_dir: PathBuf,
+    /// The onion service.
+    pub onion: OnionConfig,
+    /// The onion-side SMTP server (and extra TCP listeners with the same rules).
+    pub smtp: SmtpConfig,
+    /// The submission port for mail clients.
+    pub submission: SubmissionConfig,
+    /// Local domains, users, aliases and Maildirs.
+    pub local: LocalConfig,
+    /// The delivery scheduler.
+    pub delivery: DeliveryConfig,
+    /// What submitted mail loses or gains.
+    pub privacy: PrivacyConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("/var/lib/smtorp"),
+            onion: OnionConfig::default(),
+            smtp: SmtpConfig::default(),
+            submission: SubmissionConfig::default(),
+            local: LocalConfig::default(),
+            delivery: DeliveryConfig::default(),
+            privacy: PrivacyConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// `[onion]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OnionConfig {
+    /// Publish port 25 as an onion service through arti.
+    pub enabled: bool,
+    /// An optional arti TOML file applied on top of the defaults (e.g. a private network).
+    pub arti_config: String,
+}
+
+impl Default for OnionConfig {
+    fn default() -> Self {
+        OnionConfig { enabled: true, arti_config: String::new() }
+    }
+}
+
+/// `[smtp]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpConfig {
+    /// Extra plain TCP listeners with exactly the onion-side rules.
+    pub listen: Vec<String>,
+    /// Largest message in bytes (announced with SIZE).
+    pub max_message_size: usize,
+    /// Most recipients per message.
+    pub max_recipients: usize,
+    /// Most concurrent sessions per listener; more get 421.
+    pub max_sessions: usize,
+    /// Error replies allowed per session before it is closed.
+    pub max_errors: usize,
+    /// Idle time allowed while waiting for a command.
+    pub command_timeout: String,
+    /// Idle time allowed while reading DATA.
+    pub data_timeout: String,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        SmtpConfig {
+            listen: Vec::new(),
+            max_message_size: 25 * 1024 * 1024,
+            max_recipients: 100,
+            max_sessions: 100,
+            max_errors: 10,
+            command_timeout: "5m".into(),
+            data_timeout: "10m".into(),
+        }
+    }
+}
+
+/// `[submission]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SubmissionConfig {
+    /// Submission listeners (STARTTLS + AUTH).
+    pub listen: Vec<String>,
+    /// PEM certificate; empty: the self-signed one made by `smtorp init`.
+    pub tls_cert: String,
+    /// PEM private key; empty: the one made by `smtorp init`.
+    pub tls_key: String,
+}
+
+impl Default for SubmissionConfig {
+    fn default() -> Self {
+        SubmissionConfig {
+            listen: vec!["127.0.0.1:587".into()],
+            tls_cert: String::new(),
+            tls_key: String::new(),
+        }
+    }
+}
+
+/// `[local]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocalConfig {
+    /// Domains accepted as ours besides our own onion address.
+    pub domains: Vec<String>,
+    /// Local users; postmaster is always accepted.
+    pub users: Vec<String>,
+    /// Aliases: local part -> local user.
+    pub aliases: BTreeMap<String, String>,
+    /// Maildir of each user; `{data_dir}` and `{user}` are replaced.
+    pub maildir: String,
+}
+
+impl Default for LocalConfig {
+    fn default() -> Self {
+        LocalConfig {
+            domains: Vec::new(),
+            users: Vec::new(),
+            aliases: BTreeMap::new(),
+            maildir: "{data_dir}/mail/{user}".into(),
+        }
+    }
+}
+
+/// `[delivery]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Static routes: onion domain -> HOST:PORT over plain TCP.
+    pub routes: BTreeMap<String, String>,
+    /// Waits between attempts; the last one repeats.
+    pub retry_after: Vec<String>,
+    /// After this long a message still not delivered fails.
+    pub max_lifetime: String,
+    /// Deliveries at once.
+    pub concurrency: usize,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            routes: BTreeMap::new(),
+            retry_after: ["1m", "2m", "5m", "10m", "30m", "1h", "2h", "4h"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            max_lifetime: "5d".into(),
+            concurrency: 8,
+        }
+    }
+}
+
+/// `[privacy]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrivacyConfig {
+    /// Add `Date` (UTC) to submitted mail that lacks one.
+    pub add_date: bool,
+    /// Add `Message-ID <random@our domain>` to submitted mail that lacks one.
+    pub add_message_id: bool,
+}
+
+impl Default for PrivacyConfig {
+    fn default() -> Self {
+        PrivacyConfig { add_date: true, add_message_id: true }
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `error`, `warn`, `info`, `debug` or `trace` (or a tracing filter); `RUST_LOG` overrides.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".into() }
+    }
+}
+
+/// Parses a duration such as `"30s"`, `"5m"`, `"2h"`, `"5d"` (a bare number is seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration such as \"30s\", \"5m\", \"2h\", \"5d\""))?;
+    let factor = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("`{text}`: unknown unit `{unit}` (use s, m, h or d)")),
+    };
+    Ok(Duration::from_secs(number.saturating_mul(factor)))
+}
+
+/// The configuration with its durations parsed and its paths resolved.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The raw configuration.
+    pub config: Config,
+    /// `[smtp] command_timeout`.
+    pub command_timeout: Duration,
+    /// `[smtp] data_timeout`.
+    pub data_timeout: Duration,
+    /// `[smtp] listen`, parsed.
+    pub smtp_listen: Vec<SocketAddr>,
+    /// `[delivery] retry_after`, parsed.
+    pub retry_after: Vec<Duration>,
+    /// `[delivery] max_lifetime`, parsed.
+    pub max_lifetime: Duration,
+    /// `[delivery] routes`, parsed.
+    pub routes: BTreeMap<String, SocketAddr>,
+}
+
+impl Settings {
+    /// Where the queue's sled store lives.
+    pub fn queue_dir(&self) -> PathBuf {
+        self.config.data_dir.join("queue")
+    }
+
+    /// The maildrop folder `smtorp sendmail` writes into.
+    pub fn maildrop_dir(&self) -> PathBuf {
+        self.config.data_dir.join("maildrop")
+    }
+
+    /// The daemon's control socket.
+    pub fn control_socket(&self) -> PathBuf {
+        self.config.data_dir.join("control.sock")
+    }
+
+    /// The Maildir of a local user.
+    pub fn maildir_of(&self, user: &str) -> PathBuf {
+        PathBuf::from(
+            self.config
+                .local
+                .maildir
+                .replace("{data_dir}", &self.config.data_dir.to_string_lossy())
+                .replace("{user}", user),
+        )
+    }
+
+    /// Our domains, lower-cased: `[local] domains` (later our onion address too).
+    pub fn local_domains(&self) -> Vec<String> {
+        self.config.local.domains.iter().map(|d| d.to_ascii_lowercase()).collect()
+    }
+
+    /// The name we use in the banner, EHLO, Received and Message-ID: the first local
+    /// domain, or `localhost` when none is configured.
+    pub fn primary_domain(&self) -> String {
+        self.local_domains().into_iter().next().unwrap_or_else(|| "localhost".into())
+    }
+}
+
+/// Which file to read: `--config`, else `$SMTORP_CONFIG`, else the default path if it
+/// exists, else none (all defaults).
+pub fn resolve_path(cli: Option<&Path>) -> Option<PathBuf> {
+    if let Some(path) = cli {
+        return Some(path.to_path_buf());
+    }
+    if let Some(env) = std::env::var_os("SMTORP_CONFIG").filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(env));
+    }
+    let default = PathBuf::from(DEFAULT_CONFIG_PATH);
+    default.exists().then_some(default)
+}
+
+/// Reads, parses and checks the configuration.
+pub fn load(path: Option<&Path>) -> anyhow::Result<Settings> {
+    let config = match path {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read configuration {}", path.display()))?;
+            parse(&text).with_context(|| format!("in configuration {}", path.display()))?
+        }
+        None => Config::default(),
+    };
+    check(config)
+}
+
+/// Parses configuration text (syntax and types; errors name the key and line).
+pub fn parse(text: &str) -> anyhow::Result<Config> {
+    toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn duration(key: &str, text: &str) -> anyhow::Result<Duration> {
+    parse_duration(text).map_err(|e| anyhow::anyhow!("{key}: {e}"))
+}
+
+fn socket_addr(key: &str, text: &str) -> anyhow::Result<SocketAddr> {
+    text.parse().map_err(|_| {
+        anyhow::anyhow!("{key}: `{text}` is not an IP:PORT address (host names are not resolved)")
+    })
+}
+
+/// A local user or alias name: what may become a folder name.
+fn check_user_name(key: &str, name: &str) -> anyhow::Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '+'));
+    if !ok || name.contains("..") {
+        bail!("{key}: `{name}` is not a valid user name (letters, digits, . - _ +)");
+    }
+    Ok(())
+}
+
+/// Semantic checks on a parsed configuration; errors name the key.
+pub fn check(config: Config) -> anyhow::Result<Settings> {
+    let command_timeout = duration("smtp.command_timeout", &config.smtp.command_timeout)?;
+    let data_timeout = duration("smtp.data_timeout", &config.smtp.data_timeout)?;
+    let max_lifetime = duration("delivery.max_lifetime", &config.delivery.max_lifetime)?;
+    if config.delivery.retry_after.is_empty() {
+        bail!("delivery.retry_after: needs at least one duration");
+    }
+    let retry_after = config
+        .delivery
+        .retry_after
+        .iter()
+        .map(|t| duration("delivery.retry_after", t))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let smtp_listen = config
+        .smtp
+        .listen
+        .iter()
+        .map(|a| socket_addr("smtp.listen", a))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for a in &config.submission.listen {
+        socket_addr("submission.listen", a)?;
+    }
+    let mut routes = BTreeMap::new();
+    for (domain, target) in &config.delivery.routes {
+        let domain = domain.to_ascii_lowercase();
+        if !domain.ends_with(".onion") {
+            bail!("delivery.routes: `{domain}` is not an onion domain (smtorp routes only onion mail)");
+        }
+        routes.insert(domain, socket_addr("delivery.routes", target)?);
+    }
+    if config.delivery.concurrency == 0 {
+        bail!("delivery.concurrency: must be at least 1");
+    }
+    if config.smtp.max_sessions == 0 {
+        bail!("smtp.max_sessions: must be at least 1");
+    }
+    if config.smtp.max_recipients == 0 {
+        bail!("smtp.max_recipients: must be at least 1");
+    }
+    if config.smtp.max_message_size < 1024 {
+        bail!("smtp.max_message_size: must be at least 1024 bytes");
+    }
+    for user in &config.local.users {
+        check_user_name("local.users", user)?;
+    }
+    for (alias, target) in &config.local.aliases {
+        check_user_name("local.aliases", alias)?;
+        if !config.local.users.contains(target) {
+            bail!("local.aliases: `{alias}` points at `{target}`, which is not in local.users");
+        }
+    }
+    for domain in &config.local.domains {
+        let ok = !domain.is_empty()
+            && domain
+                .split('.')
+                .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+        if !ok {
+            bail!("local.domains: `{domain}` is not a domain name");
+        }
+    }
+    if !config.local.maildir.contains("{user}") {
+        bail!("local.maildir: must contain {{user}}");
+    }
+    if config.data_dir.as_os_str().is_empty() {
+        bail!("data_dir: must not be empty");
+    }
+    Ok(Settings {
+        config,
+        command_timeout,
+        data_timeout,
+        smtp_listen,
+        retry_after,
+        max_lifetime,
+        routes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let s = check(Config::default()).unwrap();
+        assert_eq!(s.retry_after.len(), 8);
+        assert_eq!(s.max_lifetime, Duration::from_secs(5 * 86400));
+        assert_eq!(s.command_timeout, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn shipped_config_parses_to_the_defaults() {
+        let text = include_str!("../../../config/smtorp.toml");
+        let shipped = check(parse(text).unwrap()).unwrap();
+        let default = check(Config::default()).unwrap();
+        assert_eq!(format!("{:?}", shipped.config), format!("{:?}", default.config));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert_eq!(parse_duration("5d").unwrap(), Duration::from_secs(432000));
+        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("m").is_err());
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let err = parse("data_dir = \"/x\"\n[smtp]\nmax_mesage_size = 5\n").unwrap_err().to_string();
+        assert!(err.contains("max_mesage_size"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let c = parse("[delivery]\nmax_lifetime = \"soon\"\n").unwrap();
+        assert!(check(c).unwrap_err().to_string().contains("delivery.max_lifetime"));
+        let c = parse("[delivery]\nroutes = { \"example.com\" = \"127.0.0.1:25\" }\n").unwrap();
+        assert!(check(c).unwrap_err().to_string().contains("delivery.routes"));
+        let c = parse("[local]\nusers = [\"../root\"]\n").unwrap();
+        assert!(check(c).unwrap_err().to_string().contains("local.users"));
+        let c = parse("[local]\nusers = [\"a\"]\naliases = { b = \"c\" }\n").unwrap();
+        assert!(check(c).unwrap_err().to_string().contains("local.aliases"));
+        let c = parse("[smtp]\nlisten = [\"localhost:25\"]\n").unwrap();
+        assert!(check(c).unwrap_err().to_string().contains("smtp.listen"));
+    }
+
+    #[test]
+    fn maildir_template() {
+        let c = parse("data_dir = \"/srv/m\"\n[local]\nusers = [\"alice\"]\n").unwrap();
+        let s = check(c).unwrap();
+        assert_eq!(s.maildir_of("alice"), PathBuf::from("/srv/m/mail/alice"));
+    }
+}

@@ -1,0 +1,100 @@
+//! The daemon's control socket (`<data_dir>/control.sock`, mode 0600): sled lets one process
+//! open the queue, so while the daemon runs, `smtorp queue list` asks it over this socket.
+//!
+//! Protocol: the client sends one JSON line `{"command": "queue-list"}`; the daemon answers
+//! with one JSON line (`{"ok": ...}` or `{"error": "..."}`) and closes.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use smtorp_queue::{Envelope, Queue};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// A request to the daemon.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "kebab-case")]
+pub enum Request {
+    /// Every queued envelope.
+    QueueList,
+}
+
+/// The daemon's answer.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Response {
+    /// The queued envelopes.
+    Ok(Vec<Envelope>),
+    /// What went wrong.
+    Error(String),
+}
+
+/// Serves the control socket until shutdown.
+pub async fn serve(path: PathBuf, queue: Arc<Queue>, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    if path.exists() {
+        std::fs::remove_file(&path)?;
+    }
+    let listener = UnixListener::bind(&path)
+        .map_err(|e| anyhow::anyhow!("cannot create control socket {}: {e}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    info!(path = %path.display(), "control socket ready");
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let queue = queue.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = answer(stream, &queue).await {
+                            warn!(error = %e, "control request failed");
+                        }
+                    });
+                }
+                Err(e) => warn!(error = %e, "control socket accept failed"),
+            },
+            _ = crate::listener::stopped(&mut shutdown) => break,
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+    Ok(())
+}
+
+async fn answer(stream: UnixStream, queue: &Queue) -> anyhow::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    BufReader::new(read).take(64 * 1024).read_line(&mut line).await?;
+    let response = match serde_json::from_str::<Request>(&line) {
+        Ok(Request::QueueList) => match queue.list() {
+            Ok(list) => Response::Ok(list),
+            Err(e) => Response::Error(e.to_string()),
+        },
+        Err(e) => Response::Error(format!("bad request: {e}")),
+    };
+    let mut out = serde_json::to_vec(&response)?;
+    out.push(b'\n');
+    write.write_all(&out).await?;
+    write.shutdown().await?;
+    Ok(())
+}
+
+/// Asks a running daemon; `Ok(None)` if no daemon answers on `path`.
+pub fn ask(path: &Path, request: &Request) -> anyhow::Result<Option<Vec<Envelope>>> {
+    use std::io::{BufRead, Write};
+    let mut stream = match std::os::unix::net::UnixStream::connect(path) {
+        Ok(s) => s,
+        Err(_) => return Ok(None),
+    };
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    let mut out = serde_json::to_vec(request)?;
+    out.push(b'\n');
+    stream.write_all(&out)?;
+    let mut line = String::new();
+    std::io::BufReader::new(stream).read_line(&mut line)?;
+    match serde_json::from_str::<Response>(&line)? {
+        Response::Ok(list) => Ok(Some(list)),
+        Response::Error(e) => anyhow::bail!("daemon: {e}"),
+    }
+}

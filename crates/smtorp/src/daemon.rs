@@ -1,0 +1,113 @@
+//! `smtorp run`: wires the parts together — queue, delivery scheduler, intake, SMTP
+//! listeners, maildrop pickup, control socket — and stops them cleanly on SIGTERM/SIGINT.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use smtorp_delivery::{Scheduler, SchedulerConfig};
+use smtorp_queue::{Origin, Queue};
+use smtorp_smtp::SessionConfig;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::config::Settings;
+use crate::directory::{Directory, OnionSidePolicy};
+use crate::intake::{Intake, SmtpHandler};
+use crate::listener::{serve_tcp, SessionFactory};
+use crate::{control, layout, maildrop};
+
+/// The SMTP session limits of the onion side, from the configuration.
+pub fn session_config(settings: &Settings, hostname: &str) -> SessionConfig {
+    let smtp = &settings.config.smtp;
+    SessionConfig {
+        hostname: hostname.to_owned(),
+        max_message_size: smtp.max_message_size,
+        max_recipients: smtp.max_recipients,
+        max_errors: smtp.max_errors,
+        command_timeout: settings.command_timeout,
+        data_timeout: settings.data_timeout,
+        ..SessionConfig::default()
+    }
+}
+
+/// Opens the queue, naming the likely cause when another process holds it.
+pub fn open_queue(settings: &Settings) -> anyhow::Result<Queue> {
+    Queue::open(&settings.queue_dir()).with_context(|| {
+        format!(
+            "cannot open the queue in {} (is another smtorp daemon running with this data_dir?)",
+            settings.queue_dir().display()
+        )
+    })
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let settings = Arc::new(settings);
+    layout::create(&settings)?;
+    let queue = Arc::new(open_queue(&settings)?);
+    let onion = layout::onion_address(&settings);
+    if settings.config.onion.enabled {
+        warn!("[onion] enabled: the built-in onion service is not part of this version yet; \
+               serve the [smtp] listen addresses behind C tor (docs/operations.md)");
+    }
+    if !settings.config.submission.listen.is_empty() {
+        info!("[submission] is not served by this version yet; local programs use `smtorp sendmail`");
+    }
+    let directory = Arc::new(Directory::new(settings.clone(), onion.as_deref()));
+    info!(domain = %directory.primary_domain(), queued = queue.len(), "smtorp starting");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let scheduler = Scheduler::new(
+        queue.clone(),
+        directory.clone(),
+        SchedulerConfig {
+            retry_after: settings.retry_after.clone(),
+            max_lifetime: settings.max_lifetime,
+            concurrency: settings.config.delivery.concurrency,
+            maildir_host: directory.primary_domain().to_owned(),
+        },
+    );
+    let intake = Arc::new(Intake::new(queue.clone(), directory.clone(), scheduler.waker()));
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(scheduler.run(stop_rx.clone()));
+    tasks.spawn(maildrop::run(settings.maildrop_dir(), intake.clone(), stop_rx.clone()));
+    {
+        let (path, queue, stop) = (settings.control_socket(), queue.clone(), stop_rx.clone());
+        tasks.spawn(async move {
+            if let Err(e) = control::serve(path, queue, stop).await {
+                error!(error = %e, "control socket failed");
+            }
+        });
+    }
+    let factory = Arc::new(SessionFactory {
+        config: session_config(&settings, directory.primary_domain()),
+        policy: OnionSidePolicy(directory.clone()),
+        handler: Arc::new(SmtpHandler { intake: intake.clone(), origin: Origin::Smtp }),
+        max_sessions: settings.config.smtp.max_sessions,
+    });
+    for addr in &settings.smtp_listen {
+        // Bound before "ready", so that a bad address fails the start.
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} ([smtp] listen)"))?;
+        tasks.spawn(serve_tcp(listener, factory.clone(), stop_rx.clone()));
+    }
+    info!("smtorp ready");
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: stopping"),
+        _ = int.recv() => info!("SIGINT: stopping"),
+    }
+    let _ = stop_tx.send(true);
+    let all_done = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(8), all_done).await.is_err() {
+        warn!("some tasks did not stop in time");
+    }
+    queue.sync().await.context("final queue flush")?;
+    info!("smtorp stopped");
+    Ok(())
+}

@@ -1,0 +1,243 @@
+//! The header fields smtorp writes (Received, Date, Message-ID, Return-Path, Delivered-To)
+//! and small helpers to inspect the header section of a raw message.
+//!
+//! Privacy rule: what we add carries no IP address, no host name, no software name and no
+//! local time zone: dates are always UTC (`+0000`).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rand::RngCore;
+
+/// Seconds since the Unix epoch, now.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// An RFC 5322 date in UTC, e.g. `Thu, 26 Nov 2026 22:14:48 +0000`.
+pub fn rfc5322_date(unix: u64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] =
+        ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let days = unix / 86400;
+    let secs = unix % 86400;
+    let (year, month, day) = civil_from_days(days as i64);
+    format!(
+        "{}, {:02} {} {} {:02}:{:02}:{:02} +0000",
+        DAYS[(days % 7) as usize],
+        day,
+        MONTHS[(month - 1) as usize],
+        year,
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day); Howard Hinnant's algorithm.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// Keeps only characters that are safe inside a header comment or token we write
+/// (printable ASCII without parentheses, backslash or semicolon), at most 64 of them.
+fn sanitize_token(text: &str) -> String {
+    let clean: String = text
+        .chars()
+        .filter(|c| c.is_ascii_graphic() && !matches!(c, '(' | ')' | '\\' | ';' | '<' | '>'))
+        .take(64)
+        .collect();
+    if clean.is_empty() {
+        "unknown".into()
+    } else {
+        clean
+    }
+}
+
+/// How a message reached us, for the `with` clause of Received.
+#[derive(Debug, Clone, Copy)]
+pub enum Via {
+    /// SMTP from the onion side (or an `[smtp] listen` listener).
+    Smtp,
+    /// `smtorp sendmail` (maildrop pickup).
+    Local,
+}
+
+/// Our Received header (CRLF-terminated, folded): `from <helo>` only for SMTP, never an
+/// IP address or host name of ours, the date in UTC.
+pub fn received(helo: Option<&str>, by: &str, via: Via, queue_id: &str, unix: u64) -> String {
+    let from = match helo {
+        Some(helo) => format!("from {} ", sanitize_token(helo)),
+        None => String::new(),
+    };
+    let with = match via {
+        Via::Smtp => "with ESMTP ",
+        Via::Local => "",
+    };
+    format!("Received: {from}by {by} {with}id {queue_id};\r\n\t{}\r\n", rfc5322_date(unix))
+}
+
+/// A fresh Message-ID value, `<32 hex digits@domain>`.
+pub fn message_id(domain: &str) -> String {
+    let mut bytes = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("<{hex}@{domain}>")
+}
+
+/// The header section of a raw message (up to and including the blank line), and the rest.
+/// A message without a blank line is all header.
+pub fn split_header(message: &[u8]) -> (&[u8], &[u8]) {
+    let mut pos = 0;
+    while pos < message.len() {
+        let end = message[pos..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map(|i| pos + i + 1)
+            .unwrap_or(message.len());
+        let line = &message[pos..end];
+        if line == b"\r\n" || line == b"\n" {
+            return (&message[..end], &message[end..]);
+        }
+        pos = end;
+    }
+    (message, &[])
+}
+
+/// The header fields of a header section as (name, raw field including continuation
+/// lines and line ends), in order.
+pub fn fields(header: &[u8]) -> Vec<(String, &[u8])> {
+    let mut out: Vec<(String, &[u8])> = Vec::new();
+    let mut start: Option<(String, usize)> = None;
+    let mut pos = 0;
+    while pos < header.len() {
+        let end = header[pos..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map(|i| pos + i + 1)
+            .unwrap_or(header.len());
+        let line = &header[pos..end];
+        let continuation = matches!(line.first(), Some(b' ' | b'\t'));
+        if !continuation {
+            if let Some((name, s)) = start.take() {
+                out.push((name, &header[s..pos]));
+            }
+            if line != b"\r\n" && line != b"\n" {
+                let name = line
+                    .iter()
+                    .position(|&b| b == b':')
+                    .map(|i| String::from_utf8_lossy(&line[..i]).trim().to_ascii_lowercase())
+                    .unwrap_or_default();
+                start = Some((name, pos));
+            }
+        }
+        pos = end;
+    }
+    if let Some((name, s)) = start {
+        out.push((name, &header[s..]));
+    }
+    out
+}
+
+/// True if the header section has a field of this (lower-case) name.
+pub fn has_field(header: &[u8], name: &str) -> bool {
+    fields(header).iter().any(|(n, _)| n == name)
+}
+
+/// The message with every header field whose (lower-case) name is in `names` removed.
+pub fn without_fields(message: &[u8], names: &[&str]) -> Vec<u8> {
+    let (header, body) = split_header(message);
+    let mut out = Vec::with_capacity(message.len());
+    let kept = fields(header);
+    let mut covered = 0;
+    for (name, raw) in &kept {
+        covered += raw.len();
+        if !names.contains(&name.as_str()) {
+            out.extend_from_slice(raw);
+        }
+    }
+    out.extend_from_slice(&header[covered.min(header.len())..]);
+    out.extend_from_slice(body);
+    out
+}
+
+/// Converts every line end to CRLF (bare LF becomes CRLF, a lone CR becomes CRLF) — for
+/// messages from local programs, which write LF.
+pub fn to_crlf(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + message.len() / 40);
+    let mut i = 0;
+    while i < message.len() {
+        match message[i] {
+            b'\r' => {
+                out.extend_from_slice(b"\r\n");
+                if message.get(i + 1) == Some(&b'\n') {
+                    i += 1;
+                }
+            }
+            b'\n' => out.extend_from_slice(b"\r\n"),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    if !out.ends_with(b"\r\n") && !out.is_empty() {
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_utc() {
+        assert_eq!(rfc5322_date(0), "Thu, 01 Jan 1970 00:00:00 +0000");
+        assert_eq!(rfc5322_date(1_795_731_288), "Thu, 26 Nov 2026 22:14:48 +0000");
+        assert_eq!(rfc5322_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
+    }
+
+    #[test]
+    fn received_has_no_ip_or_software() {
+        let r = received(Some("client [10.0.0.1]"), "a.onion", Via::Smtp, "00000000000000AB", 0);
+        assert_eq!(
+            r,
+            "Received: from client by a.onion with ESMTP id 00000000000000AB;\r\n\tThu, 01 Jan 1970 00:00:00 +0000\r\n"
+        );
+        let r = received(None, "a.onion", Via::Local, "1", 0);
+        assert!(r.starts_with("Received: by a.onion id 1;"));
+    }
+
+    #[test]
+    fn header_fields_and_removal() {
+        let m = b"From: a\r\nBcc: x,\r\n y\r\nTo: b\r\n\r\nBcc: body\r\n";
+        let (h, b) = split_header(m);
+        assert_eq!(b, b"Bcc: body\r\n");
+        assert!(has_field(h, "bcc"));
+        assert!(!has_field(h, "date"));
+        assert_eq!(without_fields(m, &["bcc"]), b"From: a\r\nTo: b\r\n\r\nBcc: body\r\n");
+    }
+
+    #[test]
+    fn crlf_conversion() {
+        assert_eq!(to_crlf(b"a\nb\r\nc\rd"), b"a\r\nb\r\nc\r\nd\r\n");
+        assert_eq!(to_crlf(b""), b"");
+    }
+
+    #[test]
+    fn message_ids_are_random() {
+        let a = message_id("x.onion");
+        assert!(a.starts_with('<') && a.ends_with("@x.onion>"));
+        assert_ne!(a, message_id("x.onion"));
+    }
+}

@@ -1,0 +1,57 @@
+//! The data directory's layout: what `smtorp init` creates and where each part lives.
+//!
+//! ```text
+//! <data_dir>/            0711  the daemon's home
+//!   queue/               0700  the sled queue
+//!   maildrop/            1733  `smtorp sendmail` drops messages here (sticky, not listable)
+//!   mail/<user>/         0700  default Maildirs ([local] maildir)
+//!   control.sock         0600  the running daemon's control socket
+//!   onion/hostname             our onion address, once the onion service has keys
+//! ```
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use crate::config::Settings;
+use crate::maildrop;
+
+fn ensure_dir(path: &Path, mode: u32, created: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    if !path.exists() {
+        fs::create_dir_all(path).with_context(|| format!("cannot create {}", path.display()))?;
+        created.push(path.to_path_buf());
+    }
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot set the mode of {}", path.display()))
+}
+
+/// Creates what is missing; returns what it created.
+pub fn create(settings: &Settings) -> anyhow::Result<Vec<PathBuf>> {
+    let mut created = Vec::new();
+    ensure_dir(&settings.config.data_dir, 0o711, &mut created)?;
+    ensure_dir(&settings.queue_dir(), 0o700, &mut created)?;
+    let drop_dir = settings.maildrop_dir();
+    if !drop_dir.exists() {
+        created.push(drop_dir.clone());
+    }
+    maildrop::create_dir(&drop_dir).with_context(|| format!("cannot create {}", drop_dir.display()))?;
+    for user in &settings.config.local.users {
+        let maildir = settings.maildir_of(user);
+        if !maildir.join("new").exists() {
+            smtorp_maildir::Maildir::new(&maildir)
+                .create()
+                .with_context(|| format!("cannot create the Maildir {}", maildir.display()))?;
+            created.push(maildir);
+        }
+    }
+    Ok(created)
+}
+
+/// Our onion address, once the onion service has made its keys (`onion/hostname`).
+pub fn onion_address(settings: &Settings) -> Option<String> {
+    let text = fs::read_to_string(settings.config.data_dir.join("onion").join("hostname")).ok()?;
+    let name = text.trim().to_ascii_lowercase();
+    smtorp_smtp::address::validate_onion_v3(&name).ok().map(|()| name)
+}

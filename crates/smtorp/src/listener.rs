@@ -1,0 +1,114 @@
+//! Plain TCP listeners (`[smtp] listen`): accept connections and run an SMTP session on
+//! each, with onion-side rules, at most `max_sessions` at once (421 beyond).
+//!
+//! The address the client comes from is never looked at for policy: behind C tor every
+//! client is 127.0.0.1.
+
+use std::sync::Arc;
+
+use smtorp_smtp::{serve, Policy, Session, SessionConfig};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use crate::intake::SmtpHandler;
+
+/// Everything a listener needs to run sessions.
+pub struct SessionFactory<P> {
+    /// Limits and our name.
+    pub config: SessionConfig,
+    /// Who may send to whom.
+    pub policy: P,
+    /// Where finished transactions go.
+    pub handler: Arc<SmtpHandler>,
+    /// Concurrent sessions allowed.
+    pub max_sessions: usize,
+}
+
+/// Resolves once the shutdown flag turns true (or its sender is gone).
+pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// Runs one session on any stream, ending it with 421 when `shutdown` turns true.
+pub async fn run_session<S, P>(stream: S, factory: &SessionFactory<P>, mut shutdown: watch::Receiver<bool>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    P: Policy + Clone,
+{
+    let session = Session::new(factory.config.clone(), factory.policy.clone());
+    let stop = async move { stopped(&mut shutdown).await };
+    if let Err(e) = serve(stream, session, factory.handler.as_ref(), stop).await {
+        debug!(error = %e, "session ended with an I/O error");
+    }
+}
+
+/// Serves a bound listener until shutdown; waits (a few seconds at most) for open sessions.
+pub async fn serve_tcp<P>(
+    listener: TcpListener,
+    factory: Arc<SessionFactory<P>>,
+    shutdown: watch::Receiver<bool>,
+) where
+    P: Policy + Clone + Send + Sync + 'static,
+{
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "SMTP listener ready (onion-side rules)");
+    }
+    accept_loop(listener, factory, shutdown).await;
+}
+
+async fn accept_loop<P>(listener: TcpListener, factory: Arc<SessionFactory<P>>, mut shutdown: watch::Receiver<bool>)
+where
+    P: Policy + Clone + Send + Sync + 'static,
+{
+    let slots = Arc::new(Semaphore::new(factory.max_sessions));
+    let mut sessions = JoinSet::new();
+    let session_stop = shutdown.clone();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let mut stream = match accepted {
+                    Ok((stream, _peer)) => stream,
+                    Err(e) => {
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    let busy = format!("421 4.3.2 {} Too many connections, try again later\r\n", factory.config.hostname);
+                    sessions.spawn(async move {
+                        let _ = stream.write_all(busy.as_bytes()).await;
+                        let _ = stream.shutdown().await;
+                    });
+                    continue;
+                };
+                let factory = factory.clone();
+                let stop = session_stop.clone();
+                sessions.spawn(async move {
+                    let _ = stream.set_nodelay(true);
+                    run_session(stream, &factory, stop).await;
+                    drop(permit);
+                });
+            }
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            _ = stopped(&mut shutdown) => break,
+        }
+    }
+    drop(listener);
+    // Sessions got their 421 from the shutdown signal; an enqueue in progress completes.
+    let grace = tokio::time::sleep(std::time::Duration::from_secs(5));
+    tokio::pin!(grace);
+    loop {
+        tokio::select! {
+            next = sessions.join_next() => if next.is_none() { break },
+            _ = &mut grace => {
+                warn!(open = sessions.len(), "sessions still open after 5 s; closing them");
+                sessions.abort_all();
+                break;
+            }
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! `smtorp sendmail`: the sendmail-compatible command local programs (mutt, cron, scripts)
+//! submit with. It checks the recipients at once, completes the header (From, Date in UTC,
+//! Message-ID) and writes the message into the maildrop; it works whether or not the daemon
+//! runs and needs no socket.
+//!
+//! Supported: recipients as arguments, `-t` (recipients from To/Cc/Bcc; Bcc is removed),
+//! `-i`/`-oi` (a lone `.` does not end the message), `-f`/`-r sender` (`-f '<>'` for the
+//! null sender). Other classic options (`-oem`, `-odi`, `-F`, `-v`, `-B`, `-N`, ...) are
+//! accepted and ignored, as Postfix does.
+
+use std::io::BufRead;
+
+use smtorp_smtp::Address;
+
+use crate::config::PrivacyConfig;
+use crate::directory::Directory;
+use crate::headers;
+use crate::maildrop::{self, DropEnvelope};
+
+/// sysexits.h codes sendmail callers understand.
+pub mod exit {
+    /// Command line usage error.
+    pub const USAGE: i32 = 64;
+    /// The message or an address is malformed.
+    pub const DATAERR: i32 = 65;
+    /// An addressee is unknown or not deliverable by us.
+    pub const NOUSER: i32 = 67;
+    /// Cannot write to the maildrop.
+    pub const CANTCREAT: i32 = 73;
+}
+
+/// A failure with the exit code sendmail callers expect.
+#[derive(Debug)]
+pub struct SendmailError {
+    /// The sysexits code.
+    pub code: i32,
+    /// What to print.
+    pub message: String,
+}
+
+fn fail(code: i32, message: impl Into<String>) -> SendmailError {
+    SendmailError { code, message: message.into() }
+}
+
+/// Parsed sendmail options.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Options {
+    /// `-f`/`-r`: the envelope sender (`Some("")` for `<>`).
+    pub from: Option<String>,
+    /// `-t`: take recipients from the header.
+    pub recipients_from_header: bool,
+    /// `-i`/`-oi`: a line with a single dot does not end the input.
+    pub ignore_dots: bool,
+    /// Recipients given as arguments.
+    pub recipients: Vec<String>,
+}
+
+/// Parses sendmail's command line (without the program name).
+pub fn parse_args(args: &[String]) -> Result<Options, SendmailError> {
+    let mut options = Options::default();
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        if arg == "--" {
+            options.recipients.extend(iter.by_ref().cloned());
+            break;
+        }
+        let Some(flags) = arg.strip_prefix('-').filter(|f| !f.is_empty()) else {
+            options.recipients.push(arg.clone());
+            continue;
+        };
+        match flags.as_bytes()[0] {
+            b'f' | b'r' => {
+                let value = if flags.len() > 1 {
+                    flags[1..].to_owned()
+                } else {
+                    iter.next().cloned().ok_or_else(|| fail(exit::USAGE, "-f needs a sender"))?
+                };
+                let value = value.trim();
+                let value = value.strip_prefix('<').and_then(|v| v.strip_suffix('>')).unwrap_or(value);
+                options.from = Some(value.to_owned());
+            }
+            b'F' | b'B' | b'N' | b'V' | b'R' | b'X' | b'h' | b'L' | b'p' | b'q' => {
+                // Options with a value we ignore (full name, body type, DSN, ...).
+                if flags.len() == 1 {
+                    iter.next();
+                }
+            }
+            b'o' => {
+                if flags == "oi" {
+                    options.ignore_dots = true;
+                }
+                // -oem, -odi, -oQ... : accepted and ignored.
+            }
+            b'b' => match flags {
+                "bm" => {}
+                _ => return Err(fail(exit::USAGE, format!("-{flags} is not supported (only -bm)"))),
+            },
+            _ => {
+                for flag in flags.chars() {
+                    match flag {
+                        't' => options.recipients_from_header = true,
+                        'i' => options.ignore_dots = true,
+                        'v' | 'm' | 'n' | 'U' | 'G' => {}
+                        other => {
+                            return Err(fail(exit::USAGE, format!("unknown option -{other}")));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(options)
+}
+
+/// Reads the message from `input`: up to EOF, or up to a line with a single `.` unless
+/// `ignore_dots`.
+pub fn read_message(mut input: impl BufRead, ignore_dots: bool) -> std::io::Result<Vec<u8>> {
+    let mut message = Vec::new();
+    if ignore_dots {
+        input.read_to_end(&mut message)?;
+        return Ok(message);
+    }
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if input.read_until(b'\n', &mut line)? == 0 {
+            break;
+        }
+        if line == b".\n" || line == b".\r\n" || line == b"." {
+            break;
+        }
+        message.extend_from_slice(&line);
+    }
+    Ok(message)
+}
+
+/// Addresses in the To, Cc and Bcc fields of a message.
+fn header_recipients(message: &[u8]) -> Vec<String> {
+    let Some(parsed) = mail_parser::MessageParser::default().parse_headers(message) else {
+        return Vec::new();
+    };
+    [parsed.to(), parsed.cc(), parsed.bcc()]
+        .into_iter()
+        .flatten()
+        .flat_map(|list| list.iter().filter_map(|a| a.address().map(str::to_owned)))
+        .collect()
+}
+
+/// Checks one recipient; unqualified names get our primary domain.
+fn check_recipient(directory: &Directory, rcpt: &str) -> Result<String, SendmailError> {
+    let rcpt = rcpt.trim();
+    let rcpt = rcpt.strip_prefix('<').and_then(|r| r.strip_suffix('>')).unwrap_or(rcpt);
+    let full = if rcpt.contains('@') {
+        rcpt.to_owned()
+    } else {
+        format!("{rcpt}@{}", directory.primary_domain())
+    };
+    let address = Address::parse(&full, true)
+        .map_err(|e| fail(exit::DATAERR, format!("{full}: {e}")))?;
+    if directory.is_local_domain(&address.domain) {
+        if directory.user_of(&address.local_part).is_none() {
+            return Err(fail(exit::NOUSER, format!("{full}: no such local user")));
+        }
+    } else if !address.is_onion() {
+        return Err(fail(
+            exit::NOUSER,
+            format!("{full}: smtorp delivers only to onion addresses (user@<56 characters>.onion)"),
+        ));
+    }
+    Ok(address.to_string())
+}
+
+/// The login name of the caller, for the default sender.
+fn login_name() -> String {
+    ["LOGNAME", "USER"]
+        .iter()
+        .filter_map(|v| std::env::var(v).ok())
+        .find(|v| !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)))
+        .unwrap_or_else(|| "root".into())
+}
+
+/// Adds what submitted mail lacks: From, Date (UTC), Message-ID; as configured in
+/// `[privacy]`.
+pub fn complete_header(message: &[u8], sender: &str, domain: &str, privacy: &PrivacyConfig) -> Vec<u8> {
+    let (header, _) = headers::split_header(message);
+    let mut added = String::new();
+    if !headers::has_field(header, "from") && !sender.is_empty() {
+        added.push_str(&format!("From: <{sender}>\r\n"));
+    }
+    if privacy.add_date && !headers::has_field(header, "date") {
+        added.push_str(&format!("Date: {}\r\n", headers::rfc5322_date(headers::unix_now())));
+    }
+    if privacy.add_message_id && !headers::has_field(header, "message-id") {
+        added.push_str(&format!("Message-ID: {}\r\n", headers::message_id(domain)));
+    }
+    let mut out = Vec::with_capacity(added.len() + message.len() + 2);
+    out.extend_from_slice(added.as_bytes());
+    if !added.is_empty() && !message.starts_with(b"\r\n") && !starts_with_field(message) {
+        // No header at all: the whole input is body, so end our header first.
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(message);
+    out
+}
+
+/// True if the first line is a header field (`name:` with printable name characters).
+fn starts_with_field(message: &[u8]) -> bool {
+    let name_len = message
+        .iter()
+        .position(|&b| !(33..=126).contains(&b) || b == b':')
+        .unwrap_or(message.len());
+    name_len > 0 && message.get(name_len) == Some(&b':')
+}
+
+/// The whole command: parse, read stdin, check, complete, write to the maildrop.
+pub fn run(
+    args: &[String],
+    directory: &Directory,
+    privacy: &PrivacyConfig,
+    maildrop_dir: &std::path::Path,
+    stdin: impl BufRead,
+) -> Result<std::path::PathBuf, SendmailError> {
+    let options = parse_args(args)?;
+    let raw = read_message(stdin, options.ignore_dots)
+        .map_err(|e| fail(exit::DATAERR, format!("cannot read the message: {e}")))?;
+    let mut message = headers::to_crlf(&raw);
+    let mut wanted = options.recipients.clone();
+    if options.recipients_from_header {
+        let (header, _) = headers::split_header(&message);
+        wanted.extend(header_recipients(header));
+        message = headers::without_fields(&message, &["bcc"]);
+    }
+    if wanted.is_empty() {
+        return Err(fail(exit::USAGE, "no recipients given (use arguments or -t)"));
+    }
+    let mut recipients: Vec<String> = Vec::new();
+    for rcpt in wanted.iter().flat_map(|r| r.split(',')).filter(|r| !r.trim().is_empty()) {
+        let checked = check_recipient(directory, rcpt)?;
+        if !recipients.contains(&checked) {
+            recipients.push(checked);
+        }
+    }
+    let sender = match options.from {
+        Some(from) if from.is_empty() => String::new(),
+        Some(from) if from.contains('@') => from,
+        Some(from) => format!("{from}@{}", directory.primary_domain()),
+        None => format!("{}@{}", login_name(), directory.primary_domain()),
+    };
+    if !sender.is_empty() {
+        Address::parse(&sender, true).map_err(|e| fail(exit::DATAERR, format!("sender {sender}: {e}")))?;
+    }
+    let message = complete_header(&message, &sender, directory.primary_domain(), privacy);
+    maildrop::write(maildrop_dir, &DropEnvelope { sender, recipients }, &message)
+        .map_err(|e| fail(exit::CANTCREAT, format!("cannot write to the maildrop {}: {e}", maildrop_dir.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn classic_command_lines() {
+        let o = parse_args(&args(&["-oi", "-t"])).unwrap();
+        assert!(o.ignore_dots && o.recipients_from_header);
+        let o = parse_args(&args(&["-oem", "-oi", "-f", "a@b.onion", "--", "x@y.onion"])).unwrap();
+        assert_eq!(o.from.as_deref(), Some("a@b.onion"));
+        assert_eq!(o.recipients, vec!["x@y.onion"]);
+        let o = parse_args(&args(&["-fa@b.onion", "-F", "Alice", "-ti", "bob"])).unwrap();
+        assert_eq!(o.from.as_deref(), Some("a@b.onion"));
+        assert_eq!(o.recipients, vec!["bob"]);
+        assert!(o.ignore_dots);
+        let o = parse_args(&args(&["-f", "<>", "bob"])).unwrap();
+        assert_eq!(o.from.as_deref(), Some(""));
+        assert_eq!(parse_args(&args(&["-bp"])).unwrap_err().code, exit::USAGE);
+        assert_eq!(parse_args(&args(&["-Z"])).unwrap_err().code, exit::USAGE);
+    }
+
+    #[test]
+    fn dot_ends_input_unless_i() {
+        let input = b"Subject: x\n\nbody\n.\nafter\n";
+        assert_eq!(read_message(&input[..], false).unwrap(), b"Subject: x\n\nbody\n");
+        assert_eq!(read_message(&input[..], true).unwrap(), input.to_vec());
+    }
+
+    #[test]
+    fn recipients_from_header() {
+        let m = b"To: Alice <alice@a.onion>, bob@b.onion\r\nCc: c@c.onion\r\nBcc: d@d.onion\r\n\r\nhi\r\n";
+        let r = header_recipients(headers::split_header(m).0);
+        assert_eq!(r, vec!["alice@a.onion", "bob@b.onion", "c@c.onion", "d@d.onion"]);
+    }
+
+    #[test]
+    fn header_completion() {
+        let p = PrivacyConfig::default();
+        let out = complete_header(b"Subject: x\r\n\r\nbody\r\n", "a@b.onion", "b.onion", &p);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("From: <a@b.onion>\r\nDate: "), "{text}");
+        assert!(text.contains(" +0000\r\nMessage-ID: <"), "{text}");
+        assert!(text.ends_with("@b.onion>\r\nSubject: x\r\n\r\nbody\r\n"), "{text}");
+        let kept = complete_header(
+            b"From: x@b.onion\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\nMessage-ID: <1@b>\r\n\r\nb\r\n",
+            "a@b.onion",
+            "b.onion",
+            &p,
+        );
+        assert!(kept.starts_with(b"From: x@b.onion\r\nDate: Mon"));
+        let bare = complete_header(b"just text\r\n", "a@b.onion", "b.onion", &p);
+        assert!(bare.ends_with(b">\r\n\r\njust text\r\n"));
+    }
+}

@@ -1,0 +1,391 @@
+//! The sans-IO SMTP session: bytes in, replies out, a transaction to enqueue when DATA ends.
+//!
+//! The session owns an input buffer framed into CRLF lines ([`framer`]), dispatches each
+//! command line to its verb group (`ehlo`, `mail`, `rcpt`, `data`, `misc`) and collects the
+//! replies in an output buffer that the driver writes when the session needs more input.
+
+use std::time::Duration;
+
+use crate::address::Address;
+use crate::reply::Reply;
+
+mod data;
+mod ehlo;
+mod framer;
+mod mail;
+mod misc;
+mod rcpt;
+#[cfg(test)]
+mod tests;
+
+use data::DataState;
+use framer::{Frame, Framer};
+
+/// Bytes of unframed input beyond the longest line that [`Session::receive`] keeps before it
+/// processes input by itself (for callers that feed a lot without calling `step`).
+const SOFT_INPUT_SLACK: usize = 64 * 1024;
+/// Output kept before processing pauses until the driver takes it.
+const MAX_OUTPUT: usize = 1024 * 1024;
+
+/// Limits and names of a session. `Default` gives the documented defaults.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Our domain: the only name in the banner and the EHLO reply (no software, no host name).
+    pub hostname: String,
+    /// Largest message in bytes, announced with SIZE and enforced while reading DATA (552).
+    pub max_message_size: usize,
+    /// Most recipients per transaction (452 4.5.3 after that).
+    pub max_recipients: usize,
+    /// Longest command line in octets including CRLF (500 5.5.2 beyond).
+    pub max_command_line: usize,
+    /// Longest text line in DATA in octets including CRLF (5xx beyond).
+    pub max_text_line: usize,
+    /// Errors allowed in one session before we say 421 and close.
+    pub max_errors: usize,
+    /// Idle time allowed while waiting for a command.
+    pub command_timeout: Duration,
+    /// Idle time allowed while reading DATA.
+    pub data_timeout: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            hostname: "localhost".into(),
+            max_message_size: 25 * 1024 * 1024,
+            max_recipients: 100,
+            max_command_line: 512,
+            max_text_line: 1000,
+            max_errors: 10,
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Who may send to whom: implemented by the binary (onion-side rules, submission rules).
+pub trait Policy {
+    /// MAIL FROM with a validated sender (`None` for the null sender `<>`).
+    fn check_sender(&self, sender: Option<&Address>) -> Result<(), Reply>;
+    /// RCPT TO with a validated recipient. `Ok` accepts it (250 2.1.5).
+    fn check_recipient(&self, recipient: &Address) -> Result<(), Reply>;
+}
+
+/// A complete mail transaction, ready to enqueue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transaction {
+    /// The EHLO/HELO argument the client gave.
+    pub helo: String,
+    /// The envelope sender, empty for `<>`.
+    pub sender: String,
+    /// The accepted recipients, as `local@domain` (domain lower-cased).
+    pub recipients: Vec<String>,
+    /// The message, dot-unstuffed, CRLF line endings, ending in CRLF, without the final `.`.
+    pub data: Vec<u8>,
+}
+
+/// What the driver must do next.
+#[derive(Debug)]
+pub enum Step {
+    /// Write out [`Session::take_output`] if not empty, then read more input
+    /// (or time out after [`Session::timeout`]).
+    NeedInput,
+    /// DATA ended: enqueue this, then call [`Session::enqueued`] with the outcome.
+    Enqueue(Transaction),
+    /// Write out what is pending and close the connection.
+    Close,
+}
+
+/// Where the session is in the dialogue.
+#[derive(Debug)]
+enum Mode {
+    /// Reading command lines.
+    Command,
+    /// Reading message text after 354.
+    Data(DataState),
+}
+
+/// One SMTP server session.
+pub struct Session<P: Policy> {
+    config: SessionConfig,
+    policy: P,
+    framer: Framer,
+    output: Vec<u8>,
+    mode: Mode,
+    /// The EHLO/HELO argument, once given.
+    helo: Option<String>,
+    /// The envelope sender of the open transaction (`Some("")` for `<>`).
+    sender: Option<String>,
+    /// The sender declared SMTPUTF8.
+    smtputf8: bool,
+    /// The accepted recipients of the open transaction.
+    recipients: Vec<String>,
+    /// Error replies given so far.
+    errors: usize,
+    /// A `Step::Enqueue` was handed out and `enqueued` not called yet.
+    awaiting_enqueue: bool,
+    /// A step found while processing inside `receive`, returned by the next `step`.
+    pending: Option<Step>,
+    /// A closing reply (timeout, shutdown) to give once the enqueue in progress is answered.
+    deferred_close: Option<Reply>,
+    /// Input had to be dropped because the caller did not drain the session.
+    overflow: bool,
+    /// The session is over: `step` says `Close` from now on.
+    closed: bool,
+}
+
+impl<P: Policy> Session<P> {
+    /// A new session; its banner (`220 <hostname> ESMTP`) is already in the output.
+    pub fn new(config: SessionConfig, policy: P) -> Session<P> {
+        let mut session = Session {
+            config,
+            policy,
+            framer: Framer::default(),
+            output: Vec::new(),
+            mode: Mode::Command,
+            helo: None,
+            sender: None,
+            smtputf8: false,
+            recipients: Vec::new(),
+            errors: 0,
+            awaiting_enqueue: false,
+            pending: None,
+            deferred_close: None,
+            overflow: false,
+            closed: false,
+        };
+        let banner = Reply::plain(220, format!("{} ESMTP", session.config.hostname));
+        session.push(&banner);
+        session
+    }
+
+    /// Feeds bytes read from the client.
+    pub fn receive(&mut self, input: &[u8]) {
+        let soft_cap = self.longest_line() + SOFT_INPUT_SLACK;
+        for chunk in input.chunks(SOFT_INPUT_SLACK) {
+            if self.closed {
+                self.framer.clear();
+                return;
+            }
+            self.framer.push(chunk);
+            if self.framer.buffered() <= soft_cap {
+                continue;
+            }
+            // The caller feeds without stepping: process now to keep memory bounded.
+            if self.pending.is_none() {
+                match self.run() {
+                    Step::NeedInput => {}
+                    other => self.pending = Some(other),
+                }
+            }
+            if self.framer.buffered() > 2 * soft_cap {
+                // Still blocked (an enqueue or the output not taken): drop, and close later.
+                tracing::debug!("input overflow, dropping buffered input");
+                self.framer.clear();
+                if !self.closed {
+                    self.overflow = true;
+                }
+            }
+        }
+    }
+
+    /// Processes buffered input as far as possible and says what to do next. Replies to
+    /// pipelined commands accumulate in the output until input runs dry (RFC 2920).
+    pub fn step(&mut self) -> Step {
+        if let Some(step) = self.pending.take() {
+            return step;
+        }
+        self.run()
+    }
+
+    /// Takes the bytes to write to the client.
+    pub fn take_output(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.output)
+    }
+
+    /// The outcome of enqueueing the last [`Step::Enqueue`]: the queue id (250) or the reply
+    /// to give (e.g. 451 4.3.0).
+    pub fn enqueued(&mut self, outcome: Result<String, Reply>) {
+        if !self.awaiting_enqueue {
+            tracing::debug!("enqueued() without a transaction, ignored");
+            return;
+        }
+        self.awaiting_enqueue = false;
+        let reply = match outcome {
+            Ok(id) => Reply::new(250, [2, 0, 0], format!("Ok: queued as {id}")),
+            // Our own failure, not the client's: not counted as an error.
+            Err(reply) => reply,
+        };
+        tracing::debug!(code = reply.code, "enqueue outcome");
+        self.push(&reply);
+        self.reset_transaction();
+    }
+
+    /// The idle timeout in force now (command or DATA).
+    pub fn timeout(&self) -> Duration {
+        match self.mode {
+            Mode::Command => self.config.command_timeout,
+            Mode::Data(_) => self.config.data_timeout,
+        }
+    }
+
+    /// The client was idle too long: queue a 421 and close at the next step.
+    pub fn timed_out(&mut self) {
+        let text = format!("{} Error: timeout exceeded", self.config.hostname);
+        self.close_soon(Reply::new(421, [4, 4, 2], text));
+    }
+
+    /// The server is shutting down: queue a 421 and close at the next step (not in the middle
+    /// of an enqueue).
+    pub fn shutting_down(&mut self) {
+        let text = format!("{} Service shutting down", self.config.hostname);
+        self.close_soon(Reply::new(421, [4, 3, 2], text));
+    }
+
+    /// Closes with `reply` now, or right after the enqueue in progress is answered.
+    fn close_soon(&mut self, reply: Reply) {
+        if self.closed {
+            return;
+        }
+        let enqueue_pending = matches!(self.pending, Some(Step::Enqueue(_)));
+        if self.awaiting_enqueue || enqueue_pending {
+            self.deferred_close = Some(reply);
+        } else {
+            self.close_with(&reply);
+        }
+    }
+
+    /// The longest line the framer may hold in any mode.
+    fn longest_line(&self) -> usize {
+        self.config.max_command_line.max(self.config.max_text_line.saturating_add(1))
+    }
+
+    /// The processing loop behind [`Session::step`].
+    fn run(&mut self) -> Step {
+        loop {
+            if self.closed {
+                self.framer.clear();
+                return Step::Close;
+            }
+            if self.awaiting_enqueue || self.output.len() > MAX_OUTPUT {
+                return Step::NeedInput;
+            }
+            if let Some(reply) = self.deferred_close.take() {
+                self.close_with(&reply);
+                continue;
+            }
+            if self.overflow {
+                let text = format!("{} Error: too much pipelined input", self.config.hostname);
+                self.close_with(&Reply::new(421, [4, 7, 0], text));
+                continue;
+            }
+            let limit = match self.mode {
+                Mode::Command => self.config.max_command_line,
+                // One more for a stuffed dot, which does not count (RFC 5321 4.5.3.1.6).
+                Mode::Data(_) => self.config.max_text_line.saturating_add(1),
+            };
+            match self.framer.next(limit) {
+                Frame::Partial => return Step::NeedInput,
+                Frame::Bare => {
+                    tracing::debug!("bare CR or LF received");
+                    let text = format!(
+                        "{} Bare CR or LF received; lines must end with CRLF",
+                        self.config.hostname
+                    );
+                    self.close_with(&Reply::new(521, [5, 5, 2], text));
+                }
+                Frame::TooLong => match &mut self.mode {
+                    Mode::Command => self.respond(Reply::new(500, [5, 5, 2], "Line too long")),
+                    Mode::Data(state) => state.line_too_long(),
+                },
+                Frame::Line { start, end } => {
+                    if matches!(self.mode, Mode::Data(_)) {
+                        if let Some(step) = self.data_line(start, end) {
+                            return step;
+                        }
+                    } else {
+                        let line = self.framer.bytes(start, end).to_vec();
+                        self.command(&line);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles one command line (CRLF included, already checked for bare CR/LF and length).
+    fn command(&mut self, line: &[u8]) {
+        use smtp_proto::Request;
+
+        if std::str::from_utf8(line).is_err() {
+            tracing::debug!("command with invalid UTF-8");
+            self.respond(Reply::new(500, [5, 5, 2], "Error: bad syntax (invalid UTF-8)"));
+            return;
+        }
+        let request = match Request::parse(&mut line.iter()) {
+            Ok(request) => request,
+            Err(error) => {
+                tracing::debug!(?error, "unparsable command");
+                self.parse_error(error);
+                return;
+            }
+        };
+        tracing::debug!(command = request.name(), "smtp command");
+        match request {
+            Request::Ehlo { host } => self.ehlo(&host, true),
+            Request::Helo { host } => self.ehlo(&host, false),
+            Request::Mail { from } => self.mail(from, line),
+            Request::Rcpt { to } => self.rcpt(to, line),
+            Request::Data => self.data_command(),
+            Request::Rset => self.rset(),
+            Request::Noop { .. } => self.noop(),
+            Request::Quit => self.quit(),
+            Request::Vrfy { .. } => self.vrfy(),
+            Request::Expn { .. } => self.expn(),
+            Request::Help { .. } => self.help(),
+            Request::Lhlo { .. } => self.unknown(),
+            Request::Auth { .. }
+            | Request::StartTls
+            | Request::Bdat { .. }
+            | Request::Etrn { .. }
+            | Request::Atrn { .. }
+            | Request::Burl { .. } => self.not_implemented(),
+        }
+    }
+
+    /// Appends a reply to the output without counting it.
+    fn push(&mut self, reply: &Reply) {
+        reply.write_to(&mut self.output);
+    }
+
+    /// Replies to the client; 4xx and 5xx count towards `max_errors`, and the last one allowed
+    /// is followed by 421 4.7.0 and the end of the session.
+    fn respond(&mut self, reply: Reply) {
+        tracing::debug!(code = reply.code, "smtp reply");
+        self.push(&reply);
+        if reply.is_error() {
+            self.errors += 1;
+            if self.errors >= self.config.max_errors {
+                tracing::debug!(errors = self.errors, "too many errors");
+                let text = format!("{} Error: too many errors", self.config.hostname);
+                self.close_with(&Reply::new(421, [4, 7, 0], text));
+            }
+        }
+    }
+
+    /// Gives a last reply and ends the session; nothing after it is processed.
+    fn close_with(&mut self, reply: &Reply) {
+        tracing::debug!(code = reply.code, "closing session");
+        self.push(reply);
+        self.closed = true;
+        self.mode = Mode::Command;
+        self.reset_transaction();
+        self.framer.clear();
+    }
+
+    /// Forgets the open mail transaction (keeps EHLO).
+    fn reset_transaction(&mut self) {
+        self.sender = None;
+        self.smtputf8 = false;
+        self.recipients.clear();
+    }
+}

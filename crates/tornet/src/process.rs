@@ -1,0 +1,178 @@
+//! Starting tor daemons and stopping them by PID.
+//!
+//! tor runs with `RunAsDaemon 1`: the `tor` we start forks, the child opens its ports and
+//! only then does the parent exit, with 0 on success. The daemon writes its `PidFile`; we stop
+//! it with SIGTERM (via `/bin/kill`, since the workspace denies `unsafe_code`), then SIGKILL
+//! after a grace period because tor 0.4.9 sometimes hangs on SIGTERM. A PID counts as ours
+//! only while `/proc/PID/cmdline` names the node's torrc, so a recycled PID is never killed;
+//! a zombie (state `Z`, possible when PID 1 does not reap) counts as gone.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::error::TornetError;
+
+/// A tor process of a network: its node name, PID and the torrc path on its command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TorProcess {
+    /// Node name (`auth0`, `relay3`, `client`).
+    pub name: String,
+    /// Process id of the daemon.
+    pub pid: u32,
+    /// The torrc it was started with (absolute), used to recognise it in `/proc`.
+    pub torrc: PathBuf,
+}
+
+impl TorProcess {
+    /// True while the process exists, is not a zombie and runs with our torrc.
+    pub fn is_alive(&self) -> bool {
+        is_tor_of(self.pid, &self.torrc)
+    }
+}
+
+/// True while `pid` is a live (non-zombie) process whose command line contains `torrc`.
+pub fn is_tor_of(pid: u32, torrc: &Path) -> bool {
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    let Ok(cmdline) = std::fs::read(proc_dir.join("cmdline")) else {
+        return false;
+    };
+    let want = torrc.as_os_str().as_encoded_bytes();
+    if !cmdline.split(|b| *b == 0).any(|arg| arg == want) {
+        return false;
+    }
+    match std::fs::read_to_string(proc_dir.join("stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_ascii_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// The last `n` lines of a text file (empty if it cannot be read).
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Runs `tor --defaults-torrc DEFAULTS -f TORRC`, checks it daemonized, and returns the
+/// daemon's PID from its PidFile.
+pub(crate) fn start_tor(
+    name: &str,
+    node_dir: &Path,
+    torrc: &Path,
+    defaults: &Path,
+) -> Result<TorProcess, TornetError> {
+    let log = node_dir.join("notice.log");
+    let pid_file = node_dir.join("tor.pid");
+    let out = Command::new("tor")
+        .arg("--defaults-torrc")
+        .arg(defaults)
+        .arg("-f")
+        .arg(torrc)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|source| TornetError::NotInstalled {
+            program: "tor".into(),
+            source,
+        })?;
+    if !out.status.success() {
+        let output = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let lines: Vec<&str> = output.lines().collect();
+        return Err(TornetError::StartFailed {
+            node: name.to_owned(),
+            status: out.status.to_string(),
+            log_tail: tail(&log, 20),
+            log,
+            output: lines[lines.len().saturating_sub(10)..].join("\n"),
+        });
+    }
+    // The parent exits once the daemon is up; the PidFile is written by then, but allow a
+    // moment in case it is not.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(pid) = read_pid(&pid_file) {
+            return Ok(TorProcess {
+                name: name.to_owned(),
+                pid,
+                torrc: torrc.to_owned(),
+            });
+        }
+        if Instant::now() > deadline {
+            return Err(TornetError::StartFailed {
+                node: name.to_owned(),
+                status: "exit 0 but no PidFile".into(),
+                log_tail: tail(&log, 20),
+                log,
+                output: String::new(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Reads a PidFile.
+pub(crate) fn read_pid(path: &Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Sends `signal` (`TERM`, `KILL`) to every PID with `/bin/kill`.
+fn send(signal: &str, pids: &[u32]) -> Result<(), TornetError> {
+    if pids.is_empty() {
+        return Ok(());
+    }
+    // Exit status ignored: a process may have exited between the check and the kill.
+    Command::new("kill")
+        .arg(format!("-{signal}"))
+        .args(pids.iter().map(u32::to_string))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|source| TornetError::NotInstalled {
+            program: "kill".into(),
+            source,
+        })?;
+    Ok(())
+}
+
+/// Waits up to `limit` for every process to be gone; returns the survivors.
+fn wait_gone(procs: &[TorProcess], limit: Duration) -> Vec<TorProcess> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let alive: Vec<TorProcess> = procs.iter().filter(|p| p.is_alive()).cloned().collect();
+        if alive.is_empty() || Instant::now() >= deadline {
+            return alive;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Stops the processes: SIGTERM, up to `grace` to exit, then SIGKILL and up to 5 s more.
+/// Returns the names of those that needed SIGKILL.
+pub(crate) fn stop(procs: &[TorProcess], grace: Duration) -> Result<Vec<String>, TornetError> {
+    let alive: Vec<TorProcess> = procs.iter().filter(|p| p.is_alive()).cloned().collect();
+    let pids: Vec<u32> = alive.iter().map(|p| p.pid).collect();
+    send("TERM", &pids)?;
+    let stubborn = wait_gone(&alive, grace);
+    if stubborn.is_empty() {
+        return Ok(Vec::new());
+    }
+    let pids: Vec<u32> = stubborn.iter().map(|p| p.pid).collect();
+    tracing::warn!(?pids, "tor did not exit on SIGTERM; sending SIGKILL");
+    send("KILL", &pids)?;
+    let left = wait_gone(&stubborn, Duration::from_secs(5));
+    if !left.is_empty() {
+        return Err(TornetError::StillRunning(left.iter().map(|p| p.pid).collect()));
+    }
+    Ok(stubborn.into_iter().map(|p| p.name).collect())
+}

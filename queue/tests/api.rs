@@ -1,0 +1,363 @@
+//! Tests of the public queue API: insert, due index, update, remove, sync, reopen, locking.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::sync::Arc;
+
+use smtorp_queue::{Envelope, NewMessage, Origin, Queue, QueueError, QueueId, RecipientState};
+
+fn rcpts(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+fn insert(q: &Queue, arrival: u64, to: &[&str], body: &[u8]) -> Envelope {
+    let id = q.next_id().unwrap();
+    let recipients = rcpts(to);
+    q.insert(&NewMessage {
+        id,
+        sender: "alice@a.onion",
+        recipients: &recipients,
+        origin: Origin::Smtp,
+        arrival,
+        body,
+    })
+    .unwrap()
+}
+
+/// The due keys as stored, read with sled directly (the queue must be closed).
+fn raw_due_keys(dir: &Path) -> Vec<(u64, u64)> {
+    let db = sled::open(dir).unwrap();
+    let due = db.open_tree("due").unwrap();
+    due.iter()
+        .keys()
+        .map(|k| {
+            let k = k.unwrap();
+            assert_eq!(k.len(), 16);
+            (
+                u64::from_be_bytes(k[..8].try_into().unwrap()),
+                u64::from_be_bytes(k[8..].try_into().unwrap()),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn insert_roundtrip() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path()).unwrap();
+    assert!(q.is_empty());
+    let body = b"Subject: x\r\n\r\nhello\r\n";
+    let env = insert(&q, 1_000, &["bob@b.onion", "carol@c.onion"], body);
+    assert_ne!(env.id.0, 0);
+    assert_eq!(env.sender, "alice@a.onion");
+    assert_eq!(env.recipients.len(), 2);
+    for r in &env.recipients {
+        assert_eq!(r.state, RecipientState::Pending);
+        assert_eq!(r.attempts, 0);
+        assert_eq!(r.last_error, None);
+    }
+    assert_eq!(env.recipients[1].address, "carol@c.onion");
+    assert_eq!(env.arrival, 1_000);
+    assert_eq!(env.origin, Origin::Smtp);
+    assert_eq!(env.size, body.len() as u64);
+    assert_eq!(env.next_due, Some(1_000));
+    assert_eq!(q.envelope(env.id).unwrap(), Some(env.clone()));
+    assert_eq!(q.body(env.id).unwrap().as_deref(), Some(&body[..]));
+    assert_eq!(q.len(), 1);
+    assert_eq!(q.list().unwrap(), vec![env]);
+    assert_eq!(q.envelope(QueueId(123_456)).unwrap(), None);
+    assert_eq!(q.body(QueueId(123_456)).unwrap(), None);
+}
+
+#[test]
+fn insert_with_used_id_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path()).unwrap();
+    let env = insert(&q, 1, &["b@b.onion"], b"one");
+    let recipients = rcpts(&["x@x.onion"]);
+    let again = q.insert(&NewMessage {
+        id: env.id,
+        sender: "",
+        recipients: &recipients,
+        origin: Origin::Bounce,
+        arrival: 2,
+        body: b"two",
+    });
+    assert!(again.is_err());
+    assert_eq!(q.envelope(env.id).unwrap(), Some(env.clone()));
+    assert_eq!(q.body(env.id).unwrap().unwrap(), b"one");
+    assert_eq!(q.due(u64::MAX, 10).unwrap(), vec![env.id]);
+}
+
+#[test]
+fn due_ordering_and_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path()).unwrap();
+    let a = insert(&q, 300, &["x@x.onion"], b"a").id;
+    let b = insert(&q, 100, &["x@x.onion"], b"b").id;
+    let c = insert(&q, 200, &["x@x.onion"], b"c").id;
+    let d = insert(&q, 200, &["x@x.onion"], b"d").id;
+    assert_eq!(q.due(1_000, 10).unwrap(), vec![b, c, d, a]);
+    assert_eq!(q.due(1_000, 2).unwrap(), vec![b, c]);
+    assert_eq!(q.due(1_000, 0).unwrap(), Vec::<QueueId>::new());
+    assert_eq!(q.due(99, 10).unwrap(), Vec::<QueueId>::new());
+    assert_eq!(q.due(100, 10).unwrap(), vec![b]);
+    assert_eq!(q.due(250, 10).unwrap(), vec![b, c, d]);
+    assert_eq!(q.due(u64::MAX, 10).unwrap(), vec![b, c, d, a]);
+    assert_eq!(q.next_due().unwrap(), Some(100));
+    assert_eq!(q.len(), 4);
+    let listed: Vec<QueueId> = q.list().unwrap().into_iter().map(|e| e.id).collect();
+    assert_eq!(listed, vec![a, b, c, d], "list is by id");
+}
+
+#[test]
+fn next_due_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path()).unwrap();
+    assert_eq!(q.next_due().unwrap(), None);
+    assert!(q.due(u64::MAX, 5).unwrap().is_empty());
+    assert!(q.list().unwrap().is_empty());
+}
+
+#[test]
+fn update_moves_due_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let id;
+    {
+        let q = Queue::open(dir.path()).unwrap();
+        let mut env = insert(&q, 100, &["x@x.onion", "y@y.onion"], b"m");
+        id = env.id;
+        env.recipients[0].state = RecipientState::Delivered;
+        env.recipients[0].attempts = 1;
+        env.recipients[1].attempts = 1;
+        env.recipients[1].last_error = Some("451 4.4.1 try later".into());
+        // Far in the future so that reopening (recovery makes it due now) is visible below.
+        let later = u64::MAX - 10;
+        env.next_due = Some(later);
+        q.update(&env).unwrap();
+        assert_eq!(q.envelope(id).unwrap(), Some(env.clone()));
+        assert!(q.due(1_000_000, 10).unwrap().is_empty());
+        assert!(q.due(later - 1, 10).unwrap().is_empty());
+        assert_eq!(q.due(later, 10).unwrap(), vec![id]);
+        assert_eq!(q.next_due().unwrap(), Some(later));
+        assert_eq!(q.body(id).unwrap().unwrap(), b"m");
+        q.sync_blocking().unwrap();
+    }
+    // Old key gone, new key there.
+    assert_eq!(raw_due_keys(dir.path()), vec![(u64::MAX - 10, id.0)]);
+}
+
+#[test]
+fn update_twice_keeps_one_due_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path()).unwrap();
+    let mut env = insert(&q, 100, &["x@x.onion"], b"m");
+    let other = insert(&q, 150, &["x@x.onion"], b"o").id;
+    for t in [500, 300, 900] {
+        env.next_due = Some(t);
+        q.update(&env).unwrap();
+    }
+    assert_eq!(q.due(899, 10).unwrap(), vec![other]);
+    assert_eq!(q.due(900, 10).unwrap(), vec![other, env.id]);
+    drop(q);
+    let mut keys = raw_due_keys(dir.path());
+    keys.sort();
+    assert_eq!(keys, vec![(150, other.0), (900, env.id.0)]);
+}
+
+#[test]
+fn update_all_done_removes_message() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let q = Queue::open(dir.path()).unwrap();
+        let mut env = insert(&q, 100, &["x@x.onion", "y@y.onion"], b"m");
+        let keep = insert(&q, 100, &["z@z.onion"], b"k");
+        env.recipients[0].state = RecipientState::Delivered;
+        env.recipients[1].state = RecipientState::Failed;
+        env.next_due = Some(5_000); // ignored: nothing pending
+        q.update(&env).unwrap();
+        assert_eq!(q.envelope(env.id).unwrap(), None);
+        assert_eq!(q.body(env.id).unwrap(), None);
+        assert_eq!(q.due(u64::MAX, 10).unwrap(), vec![keep.id]);
+        assert_eq!(q.len(), 1);
+        // A second update of the removed message is a no-op.
+        q.update(&env).unwrap();
+        let mut pending = env.clone();
+        pending.recipients[1].state = RecipientState::Pending;
+        q.update(&pending).unwrap();
+        assert_eq!(q.envelope(env.id).unwrap(), None);
+        assert_eq!(q.len(), 1);
+        q.sync_blocking().unwrap();
+    }
+    assert_eq!(raw_due_keys(dir.path()).len(), 1);
+}
+
+#[test]
+fn update_pending_without_due_time_is_due_now() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path()).unwrap();
+    let mut env = insert(&q, 100, &["x@x.onion"], b"m");
+    env.next_due = None;
+    q.update(&env).unwrap();
+    let stored = q.envelope(env.id).unwrap().unwrap();
+    let t = stored.next_due.unwrap();
+    assert!(t > 1_600_000_000);
+    assert_eq!(q.due(t, 10).unwrap(), vec![env.id]);
+    assert_eq!(q.next_due().unwrap(), Some(t));
+}
+
+#[test]
+fn remove_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path()).unwrap();
+    let env = insert(&q, 100, &["x@x.onion"], b"m");
+    let other = insert(&q, 200, &["x@x.onion"], b"o");
+    assert!(q.remove(env.id).unwrap());
+    assert!(!q.remove(env.id).unwrap());
+    assert_eq!(q.envelope(env.id).unwrap(), None);
+    assert_eq!(q.body(env.id).unwrap(), None);
+    assert_eq!(q.due(u64::MAX, 10).unwrap(), vec![other.id]);
+    assert_eq!(q.len(), 1);
+    assert!(!q.remove(QueueId(999_999)).unwrap());
+}
+
+#[test]
+fn queue_id_display_and_parse() {
+    for n in [0u64, 1, 0xAB, 0xDEAD_BEEF, u64::MAX] {
+        let id = QueueId(n);
+        let s = id.to_string();
+        assert_eq!(s.len(), 16);
+        assert_eq!(s, s.to_uppercase());
+        assert_eq!(s.parse::<QueueId>().unwrap(), id);
+    }
+    assert_eq!(QueueId(0xAB).to_string(), "00000000000000AB");
+    assert_eq!(
+        "00000000000000ab".parse::<QueueId>().unwrap(),
+        QueueId(0xAB)
+    );
+    for bad in ["", "xyz", "10000000000000000A", "-1"] {
+        assert!(matches!(bad.parse::<QueueId>(), Err(QueueError::BadId(s)) if s == bad));
+    }
+}
+
+#[test]
+fn ids_are_unique_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..3 {
+        let q = Queue::open(dir.path()).unwrap();
+        for _ in 0..100 {
+            let id = q.next_id().unwrap();
+            assert_ne!(id.0, 0);
+            assert!(seen.insert(id), "duplicate id {id}");
+        }
+    }
+}
+
+#[test]
+fn sync_blocking_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path()).unwrap();
+    insert(&q, 1, &["x@x.onion"], b"m");
+    let before = q.flush_count();
+    q.sync_blocking().unwrap();
+    q.sync_blocking().unwrap();
+    assert_eq!(q.flush_count(), before + 2);
+}
+
+#[tokio::test]
+async fn sync_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path()).unwrap();
+    insert(&q, 1, &["x@x.onion"], b"m");
+    q.sync().await.unwrap();
+    assert!(q.flush_count() >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_syncs_share_flushes() {
+    const TASKS: usize = 50;
+    let dir = tempfile::tempdir().unwrap();
+    let q = Arc::new(Queue::open(dir.path()).unwrap());
+    let barrier = Arc::new(tokio::sync::Barrier::new(TASKS));
+    let mut tasks = Vec::new();
+    for i in 0..TASKS {
+        let q = Arc::clone(&q);
+        let barrier = Arc::clone(&barrier);
+        tasks.push(tokio::spawn(async move {
+            let body = format!("Subject: {i}\r\n\r\nbody {i}\r\n").into_bytes();
+            let env = insert(&q, i as u64, &["x@x.onion"], &body);
+            barrier.wait().await;
+            q.sync().await.unwrap();
+            env.id
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(t.await.unwrap());
+    }
+    let flushes = q.flush_count();
+    assert!(flushes >= 1);
+    assert!(
+        flushes < TASKS as u64,
+        "{flushes} flushes for {TASKS} syncs"
+    );
+    assert_eq!(q.len(), TASKS);
+    drop(q);
+    let q = Queue::open(dir.path()).unwrap();
+    for id in ids {
+        assert!(q.envelope(id).unwrap().is_some());
+    }
+}
+
+#[test]
+fn durable_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let env = {
+        let q = Queue::open(dir.path()).unwrap();
+        let env = insert(&q, 42, &["x@x.onion", "y@y.onion"], &body);
+        q.sync_blocking().unwrap();
+        env
+    };
+    let q = Queue::open(dir.path()).unwrap();
+    assert_eq!(q.envelope(env.id).unwrap(), Some(env.clone()));
+    assert_eq!(q.body(env.id).unwrap().unwrap(), body);
+    assert_eq!(q.due(42, 10).unwrap(), vec![env.id]);
+    assert!(q.recovery().is_clean(), "{:?}", q.recovery());
+    assert_eq!(*q.recovery(), Default::default());
+}
+
+#[test]
+fn second_open_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path()).unwrap();
+    match Queue::open(dir.path()) {
+        Err(e) => {
+            let text = e.to_string();
+            assert!(text.contains("locked"), "{text}");
+            assert!(text.contains("daemon"), "{text}");
+        }
+        Ok(_) => panic!("second open succeeded"),
+    }
+    drop(q);
+    Queue::open(dir.path()).unwrap();
+}
+
+#[test]
+fn open_creates_private_folder() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spool/queue");
+    let _q = Queue::open(&path).unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
+}
+
+#[test]
+fn open_on_a_file_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("file");
+    std::fs::write(&path, b"x").unwrap();
+    assert!(Queue::open(&path).is_err());
+}
