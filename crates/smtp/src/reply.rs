@@ -17,7 +17,11 @@ pub struct Reply {
 impl Reply {
     /// A reply from its parts.
     pub fn new(code: u16, enhanced: [u8; 3], text: impl Into<String>) -> Reply {
-        Reply { code, enhanced, text: text.into() }
+        Reply {
+            code,
+            enhanced,
+            text: text.into(),
+        }
     }
 
     /// A reply without an enhanced status code (banner, HELO, 354).
@@ -50,8 +54,11 @@ impl Reply {
     /// Appends the wire form to `out`. Control characters in the text (which must never
     /// reach the wire: they could forge extra reply lines) are replaced by `?`.
     pub fn write_to(&self, out: &mut Vec<u8>) {
-        let text: String =
-            self.text.chars().map(|c| if c.is_control() { '?' } else { c }).collect();
+        let text: String = self
+            .text
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect();
         let code = self.code.clamp(100, 999);
         if self.enhanced == [0, 0, 0] {
             out.extend_from_slice(code.to_string().as_bytes());
@@ -82,11 +89,20 @@ mod tests {
 
     #[test]
     fn wire_forms() {
-        assert_eq!(Reply::new(250, [2, 1, 0], "Ok").to_bytes(), b"250 2.1.0 Ok\r\n");
-        assert_eq!(Reply::new(552, [5, 3, 4], "too big").to_string(), "552 5.3.4 too big");
+        assert_eq!(
+            Reply::new(250, [2, 1, 0], "Ok").to_bytes(),
+            b"250 2.1.0 Ok\r\n"
+        );
+        assert_eq!(
+            Reply::new(552, [5, 3, 4], "too big").to_string(),
+            "552 5.3.4 too big"
+        );
         assert_eq!(Reply::plain(354, "go").to_bytes(), b"354 go\r\n");
         assert_eq!(Reply::plain(354, "go").to_string(), "354 go");
-        assert_eq!(Reply::new(451, [4, 13, 0], "x").to_bytes(), b"451 4.13.0 x\r\n");
+        assert_eq!(
+            Reply::new(451, [4, 13, 0], "x").to_bytes(),
+            b"451 4.13.0 x\r\n"
+        );
     }
 
     #[test]

@@ -41,7 +41,10 @@ impl Policy for TestPolicy {
 
 /// The test configuration: our onion domain, default limits.
 pub fn config() -> SessionConfig {
-    SessionConfig { hostname: DOMAIN.clone(), ..SessionConfig::default() }
+    SessionConfig {
+        hostname: DOMAIN.clone(),
+        ..SessionConfig::default()
+    }
 }
 
 /// An expect-style dialogue: feed lines, check reply codes.
@@ -129,8 +132,15 @@ impl Dialogue {
     /// (e.g. `"250 2.1.5"`). Returns the reply.
     pub fn cmd(&mut self, line: &str, expect: &str) -> String {
         let out = self.send(format!("{line}\r\n"));
-        assert!(out.starts_with(&format!("{expect} ")), "{line:?}: expected {expect}, got {out:?}");
-        assert_eq!(out.matches("\r\n").count(), 1, "{line:?}: one reply expected: {out:?}");
+        assert!(
+            out.starts_with(&format!("{expect} ")),
+            "{line:?}: expected {expect}, got {out:?}"
+        );
+        assert_eq!(
+            out.matches("\r\n").count(),
+            1,
+            "{line:?}: one reply expected: {out:?}"
+        );
         out
     }
 

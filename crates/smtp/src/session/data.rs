@@ -66,7 +66,11 @@ impl<P: Policy> Session<P> {
             return self.end_of_data();
         }
         let unstuffed = line.strip_prefix(b".").unwrap_or(line);
-        state.add(unstuffed, self.config.max_text_line, self.config.max_message_size);
+        state.add(
+            unstuffed,
+            self.config.max_text_line,
+            self.config.max_message_size,
+        );
         None
     }
 
@@ -82,7 +86,11 @@ impl<P: Policy> Session<P> {
         }
         if state.long_line {
             self.reset_transaction();
-            self.respond(Reply::new(500, [5, 5, 2], "Error: line too long in message text"));
+            self.respond(Reply::new(
+                500,
+                [5, 5, 2],
+                "Error: line too long in message text",
+            ));
             return None;
         }
         let transaction = Transaction {

@@ -12,7 +12,11 @@ impl<P: Policy> Session<P> {
     /// EHLO (`extended`) or HELO.
     pub(super) fn ehlo(&mut self, host: &str, extended: bool) {
         if !valid_helo(host) {
-            self.respond(Reply::new(501, [5, 5, 4], "Error: invalid EHLO/HELO argument"));
+            self.respond(Reply::new(
+                501,
+                [5, 5, 4],
+                "Error: invalid EHLO/HELO argument",
+            ));
             return;
         }
         self.reset_transaction();
@@ -35,7 +39,8 @@ impl<P: Policy> Session<P> {
         for (i, line) in lines.iter().enumerate() {
             let sep = if i == last { ' ' } else { '-' };
             let text: String = line.chars().filter(|c| !c.is_control()).collect();
-            self.output.extend_from_slice(format!("250{sep}{text}\r\n").as_bytes());
+            self.output
+                .extend_from_slice(format!("250{sep}{text}\r\n").as_bytes());
         }
         tracing::debug!(code = 250, "smtp reply");
     }

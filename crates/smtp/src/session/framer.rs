@@ -43,6 +43,12 @@ impl Framer {
         self.buf.len() - self.pos
     }
 
+    /// Memory held by the buffer (for tests of the bounds).
+    #[cfg(test)]
+    pub(super) fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
     /// Forgets all buffered input (after the session closed).
     pub(super) fn clear(&mut self) {
         self.buf = Vec::new();
@@ -74,7 +80,10 @@ impl Framer {
                 if line.len() > limit {
                     Frame::TooLong
                 } else {
-                    Frame::Line { start, end: self.pos }
+                    Frame::Line {
+                        start,
+                        end: self.pos,
+                    }
                 }
             }
             None => {
@@ -160,7 +169,14 @@ mod tests {
     #[test]
     fn splits_lines_across_chunks() {
         let got = frames(&[b"ab", b"c\r", b"\nde\r\nf", b"\r\n"], 100);
-        assert_eq!(got, vec![Ok(b"abc\r\n".to_vec()), Ok(b"de\r\n".to_vec()), Ok(b"f\r\n".to_vec())]);
+        assert_eq!(
+            got,
+            vec![
+                Ok(b"abc\r\n".to_vec()),
+                Ok(b"de\r\n".to_vec()),
+                Ok(b"f\r\n".to_vec())
+            ]
+        );
     }
 
     #[test]
@@ -191,6 +207,9 @@ mod tests {
         assert_eq!(got, vec![Ok(b"1234\r\n".to_vec()), Err(Frame::TooLong)]);
         // A bare LF ending a discarded line is still caught.
         assert_eq!(frames(&[&[b'x'; 20], b"\n"], 6), vec![Err(Frame::Bare)]);
-        assert_eq!(frames(&[&[b'x'; 20], b"\r", b"x"], 6), vec![Err(Frame::Bare)]);
+        assert_eq!(
+            frames(&[&[b'x'; 20], b"\r", b"x"], 6),
+            vec![Err(Frame::Bare)]
+        );
     }
 }

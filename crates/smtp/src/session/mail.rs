@@ -39,7 +39,11 @@ impl<P: Policy> Session<P> {
             || from.hold_until != 0
             || from.mt_priority != 0;
         if unsupported {
-            self.respond(Reply::new(555, [5, 5, 4], "Error: unsupported MAIL parameter"));
+            self.respond(Reply::new(
+                555,
+                [5, 5, 4],
+                "Error: unsupported MAIL parameter",
+            ));
             return;
         }
         if from.size > self.config.max_message_size {
@@ -59,7 +63,11 @@ impl<P: Policy> Session<P> {
             match Address::parse(&from.address, utf8) {
                 Ok(address) => Some(address),
                 Err(error) => {
-                    self.respond(Reply::new(501, [5, 1, 7], format!("Bad sender address: {error}")));
+                    self.respond(Reply::new(
+                        501,
+                        [5, 1, 7],
+                        format!("Bad sender address: {error}"),
+                    ));
                     return;
                 }
             }

@@ -55,7 +55,9 @@ impl<P: Policy> Session<P> {
             Error::UnknownCommand => {
                 return self.unknown();
             }
-            Error::SyntaxError { syntax } => Reply::new(501, [5, 5, 4], format!("Syntax: {syntax}")),
+            Error::SyntaxError { syntax } => {
+                Reply::new(501, [5, 5, 4], format!("Syntax: {syntax}"))
+            }
             Error::InvalidSenderAddress => Reply::new(501, [5, 1, 7], "Bad sender address syntax"),
             Error::InvalidRecipientAddress => {
                 Reply::new(501, [5, 1, 3], "Bad recipient address syntax")

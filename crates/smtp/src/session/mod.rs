@@ -1,6 +1,6 @@
 //! The sans-IO SMTP session: bytes in, replies out, a transaction to enqueue when DATA ends.
 //!
-//! The session owns an input buffer framed into CRLF lines ([`framer`]), dispatches each
+//! The session owns an input buffer framed into CRLF lines (module `framer`), dispatches each
 //! command line to its verb group (`ehlo`, `mail`, `rcpt`, `data`, `misc`) and collects the
 //! replies in an output buffer that the driver writes when the session needs more input.
 
@@ -257,7 +257,9 @@ impl<P: Policy> Session<P> {
 
     /// The longest line the framer may hold in any mode.
     fn longest_line(&self) -> usize {
-        self.config.max_command_line.max(self.config.max_text_line.saturating_add(1))
+        self.config
+            .max_command_line
+            .max(self.config.max_text_line.saturating_add(1))
     }
 
     /// The processing loop behind [`Session::step`].
@@ -267,7 +269,7 @@ impl<P: Policy> Session<P> {
                 self.framer.clear();
                 return Step::Close;
             }
-            if self.awaiting_enqueue || self.output.len() > MAX_OUTPUT {
+            if self.awaiting_enqueue {
                 return Step::NeedInput;
             }
             if let Some(reply) = self.deferred_close.take() {
@@ -278,6 +280,10 @@ impl<P: Policy> Session<P> {
                 let text = format!("{} Error: too much pipelined input", self.config.hostname);
                 self.close_with(&Reply::new(421, [4, 7, 0], text));
                 continue;
+            }
+            if self.output.len() > MAX_OUTPUT {
+                // Let the driver write first (only callers that never drain get here).
+                return Step::NeedInput;
             }
             let limit = match self.mode {
                 Mode::Command => self.config.max_command_line,
@@ -318,7 +324,11 @@ impl<P: Policy> Session<P> {
 
         if std::str::from_utf8(line).is_err() {
             tracing::debug!("command with invalid UTF-8");
-            self.respond(Reply::new(500, [5, 5, 2], "Error: bad syntax (invalid UTF-8)"));
+            self.respond(Reply::new(
+                500,
+                [5, 5, 2],
+                "Error: bad syntax (invalid UTF-8)",
+            ));
             return;
         }
         let request = match Request::parse(&mut line.iter()) {

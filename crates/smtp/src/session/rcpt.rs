@@ -17,7 +17,11 @@ impl<P: Policy> Session<P> {
             return;
         }
         if to.flags != 0 || to.orcpt.is_some() || to.rrvs != 0 {
-            self.respond(Reply::new(555, [5, 5, 4], "Error: unsupported RCPT parameter"));
+            self.respond(Reply::new(
+                555,
+                [5, 5, 4],
+                "Error: unsupported RCPT parameter",
+            ));
             return;
         }
         let recipient = if to.address.is_empty() {
