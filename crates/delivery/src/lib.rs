@@ -4,9 +4,11 @@
 #![doc = include_str!("../README.md")]
 
 mod local;
+mod remote;
 mod scheduler;
 
 pub use local::deliver_to_maildir;
+pub use remote::{BoxedStream, ConnectError, ConnectFuture, Connector, PeerStream, RemoteDelivery};
 pub use scheduler::{Outcome, Scheduler, SchedulerConfig, Stats};
 
 use std::path::PathBuf;

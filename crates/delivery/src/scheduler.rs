@@ -5,7 +5,7 @@
 //! Like Postfix's queue manager, it keeps a small active set in memory (the messages being
 //! delivered now) over the unbounded set on disk; the next retry time lives with the message.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -17,6 +17,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::local::deliver_to_maildir;
+use crate::remote::RemoteDelivery;
 use crate::{Route, Router};
 
 /// How the scheduler behaves.
@@ -62,6 +63,7 @@ pub struct Scheduler {
     wake: Arc<Notify>,
     stats: Arc<Stats>,
     active: Arc<Mutex<HashSet<QueueId>>>,
+    remote: Option<Arc<RemoteDelivery>>,
 }
 
 fn unix_now() -> u64 {
@@ -86,7 +88,14 @@ impl Scheduler {
             wake: Arc::new(Notify::new()),
             stats: Arc::new(Stats::default()),
             active: Arc::new(Mutex::new(HashSet::new())),
+            remote: None,
         }
+    }
+
+    /// Delivers mail for other onion domains with `remote` (without it, such mail waits).
+    pub fn with_remote(mut self, remote: RemoteDelivery) -> Scheduler {
+        self.remote = Some(Arc::new(remote));
+        self
     }
 
     /// Notify this after enqueueing to have the scheduler look at once.
@@ -158,36 +167,36 @@ impl Scheduler {
             }
         };
         let body = Arc::new(body);
-        let now = unix_now();
-        for index in 0..envelope.recipients.len() {
-            if envelope.recipients[index].state != RecipientState::Pending {
-                continue;
-            }
-            let outcome = self.deliver_one(&envelope, index, body.clone()).await;
-            let rcpt = &mut envelope.recipients[index];
-            rcpt.attempts = rcpt.attempts.saturating_add(1);
-            match outcome {
-                Outcome::Delivered => {
-                    rcpt.state = RecipientState::Delivered;
-                    rcpt.last_error = None;
-                    self.stats.delivered.fetch_add(1, Ordering::Relaxed);
-                    info!(queue_id = %id, attempt = rcpt.attempts, "delivered");
-                    debug!(queue_id = %id, recipient = %rcpt.address, "delivered to");
+        let pending: Vec<usize> = (0..envelope.recipients.len())
+            .filter(|&i| envelope.recipients[i].state == RecipientState::Pending)
+            .collect();
+        // Local recipients one by one; remote ones in one session per destination domain.
+        let mut remote: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for &index in &pending {
+            let outcome = match self.router.route(&envelope.recipients[index].address) {
+                Route::Local { maildir, user } => self.deliver_local(&envelope, index, maildir, user, body.clone()).await,
+                Route::Remote { domain } => {
+                    remote.entry(domain).or_default().push(index);
+                    continue;
                 }
-                Outcome::Temporary(why) => {
-                    self.stats.deferred.fetch_add(1, Ordering::Relaxed);
-                    warn!(queue_id = %id, attempt = rcpt.attempts, reason = %why, "deferred");
-                    rcpt.last_error = Some(why);
+                Route::Unroutable(why) => Outcome::Permanent(why),
+            };
+            self.record(&mut envelope, index, outcome);
+        }
+        for (domain, indices) in remote {
+            let outcomes = match &self.remote {
+                Some(remote) => {
+                    let rcpts: Vec<String> =
+                        indices.iter().map(|&i| envelope.recipients[i].address.clone()).collect();
+                    remote.deliver(&domain, &envelope.sender, &rcpts, &body).await
                 }
-                Outcome::Permanent(why) => {
-                    self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                    warn!(queue_id = %id, reason = %why, "failed permanently");
-                    rcpt.state = RecipientState::Failed;
-                    rcpt.last_error = Some(why);
-                }
+                None => vec![Outcome::Temporary(format!("no outbound transport for {domain} (onion service off and no static route)")); indices.len()],
+            };
+            for (index, outcome) in indices.into_iter().zip(outcomes) {
+                self.record(&mut envelope, index, outcome);
             }
         }
-        self.reschedule(&mut envelope, now);
+        self.reschedule(&mut envelope, unix_now());
         if let Err(e) = self.queue.update(&envelope) {
             warn!(queue_id = %id, error = %e, "cannot record delivery results; will retry");
             return;
@@ -237,30 +246,56 @@ impl Scheduler {
             .unwrap_or(Duration::from_secs(300))
     }
 
-    async fn deliver_one(&self, envelope: &Envelope, index: usize, body: Arc<Vec<u8>>) -> Outcome {
-        match self.router.route(&envelope.recipients[index].address) {
-            Route::Local { maildir, user } => {
-                let host = self.config.maildir_host.clone();
-                let id = envelope.id;
-                let envelope = envelope.clone();
-                let result = tokio::task::spawn_blocking(move || {
-                    deliver_to_maildir(&maildir, &host, &envelope, index, &body)
-                })
-                .await;
-                match result {
-                    Ok(Ok(Delivered::New(_))) => Outcome::Delivered,
-                    Ok(Ok(Delivered::AlreadyThere(_))) => {
-                        info!(queue_id = %id, "already in the Maildir (earlier attempt)");
-                        Outcome::Delivered
-                    }
-                    Ok(Err(e)) => Outcome::Temporary(format!("Maildir of {user}: {e}")),
-                    Err(e) => Outcome::Temporary(format!("delivery task failed: {e}")),
-                }
+    /// Records one attempt's outcome on the envelope.
+    fn record(&self, envelope: &mut Envelope, index: usize, outcome: Outcome) {
+        let id = envelope.id;
+        let rcpt = &mut envelope.recipients[index];
+        rcpt.attempts = rcpt.attempts.saturating_add(1);
+        match outcome {
+            Outcome::Delivered => {
+                rcpt.state = RecipientState::Delivered;
+                rcpt.last_error = None;
+                self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                info!(queue_id = %id, attempt = rcpt.attempts, "delivered");
+                debug!(queue_id = %id, recipient = %rcpt.address, "delivered to");
             }
-            Route::Remote { domain } => Outcome::Temporary(format!(
-                "no outbound transport for {domain} in this version yet"
-            )),
-            Route::Unroutable(why) => Outcome::Permanent(why),
+            Outcome::Temporary(why) => {
+                self.stats.deferred.fetch_add(1, Ordering::Relaxed);
+                warn!(queue_id = %id, attempt = rcpt.attempts, reason = %why, "deferred");
+                rcpt.last_error = Some(why);
+            }
+            Outcome::Permanent(why) => {
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                warn!(queue_id = %id, reason = %why, "failed permanently");
+                rcpt.state = RecipientState::Failed;
+                rcpt.last_error = Some(why);
+            }
+        }
+    }
+
+    async fn deliver_local(
+        &self,
+        envelope: &Envelope,
+        index: usize,
+        maildir: std::path::PathBuf,
+        user: String,
+        body: Arc<Vec<u8>>,
+    ) -> Outcome {
+        let host = self.config.maildir_host.clone();
+        let id = envelope.id;
+        let envelope = envelope.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            deliver_to_maildir(&maildir, &host, &envelope, index, &body)
+        })
+        .await;
+        match result {
+            Ok(Ok(Delivered::New(_))) => Outcome::Delivered,
+            Ok(Ok(Delivered::AlreadyThere(_))) => {
+                info!(queue_id = %id, "already in the Maildir (earlier attempt)");
+                Outcome::Delivered
+            }
+            Ok(Err(e)) => Outcome::Temporary(format!("Maildir of {user}: {e}")),
+            Err(e) => Outcome::Temporary(format!("delivery task failed: {e}")),
         }
     }
 }

@@ -60,11 +60,13 @@ pub struct OnionConfig {
     pub enabled: bool,
     /// An optional arti TOML file applied on top of the defaults (e.g. a private network).
     pub arti_config: String,
+    /// Longest wait for an outbound connection to another onion service.
+    pub connect_timeout: String,
 }
 
 impl Default for OnionConfig {
     fn default() -> Self {
-        OnionConfig { enabled: true, arti_config: String::new() }
+        OnionConfig { enabled: true, arti_config: String::new(), connect_timeout: "2m".into() }
     }
 }
 
@@ -240,6 +242,8 @@ pub struct Settings {
     pub retry_after: Vec<Duration>,
     /// `[delivery] max_lifetime`, parsed.
     pub max_lifetime: Duration,
+    /// `[onion] connect_timeout`, parsed.
+    pub onion_connect_timeout: Duration,
     /// `[delivery] routes`, parsed.
     pub routes: BTreeMap<String, SocketAddr>,
 }
@@ -253,6 +257,16 @@ impl Settings {
     /// The maildrop folder `smtorp sendmail` writes into.
     pub fn maildrop_dir(&self) -> PathBuf {
         self.config.data_dir.join("maildrop")
+    }
+
+    /// arti's state (onion service keys in `keystore/`): must be kept and backed up.
+    pub fn arti_state_dir(&self) -> PathBuf {
+        self.config.data_dir.join("arti").join("state")
+    }
+
+    /// arti's cache (Tor directory documents): may be deleted.
+    pub fn arti_cache_dir(&self) -> PathBuf {
+        self.config.data_dir.join("arti").join("cache")
     }
 
     /// The daemon's control socket.
@@ -343,6 +357,7 @@ pub fn check(config: Config) -> anyhow::Result<Settings> {
     let command_timeout = duration("smtp.command_timeout", &config.smtp.command_timeout)?;
     let data_timeout = duration("smtp.data_timeout", &config.smtp.data_timeout)?;
     let max_lifetime = duration("delivery.max_lifetime", &config.delivery.max_lifetime)?;
+    let onion_connect_timeout = duration("onion.connect_timeout", &config.onion.connect_timeout)?;
     if config.delivery.retry_after.is_empty() {
         bail!("delivery.retry_after: needs at least one duration");
     }
@@ -412,6 +427,7 @@ pub fn check(config: Config) -> anyhow::Result<Settings> {
         smtp_listen,
         retry_after,
         max_lifetime,
+        onion_connect_timeout,
         routes,
     })
 }

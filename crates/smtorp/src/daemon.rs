@@ -5,18 +5,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use smtorp_delivery::{Scheduler, SchedulerConfig};
+use smtorp_delivery::{RemoteDelivery, Scheduler, SchedulerConfig};
 use smtorp_queue::{Origin, Queue};
 use smtorp_smtp::SessionConfig;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::watch;
+use tokio::sync::{watch, OnceCell};
 use tracing::{error, info, warn};
 
 use crate::config::Settings;
 use crate::directory::{Directory, OnionSidePolicy};
 use crate::intake::{Intake, SmtpHandler};
 use crate::listener::{serve_tcp, SessionFactory};
-use crate::{control, layout, maildrop};
+use crate::connector::OutboundConnector;
+use crate::{control, layout, maildrop, onion};
+
+/// How long a peer may take to answer one SMTP command (RFC 5321 4.5.3.2 suggests 5 min).
+const REMOTE_COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The SMTP session limits of the onion side, from the configuration.
 pub fn session_config(settings: &Settings, hostname: &str) -> SessionConfig {
@@ -47,11 +51,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let settings = Arc::new(settings);
     layout::create(&settings)?;
     let queue = Arc::new(open_queue(&settings)?);
-    let onion = layout::onion_address(&settings);
-    if settings.config.onion.enabled {
-        warn!("[onion] enabled: the built-in onion service is not part of this version yet; \
-               serve the [smtp] listen addresses behind C tor (docs/operations.md)");
-    }
+    let onion_enabled = settings.config.onion.enabled;
+    let onion = if onion_enabled {
+        Some(onion::ensure_address(&settings)?)
+    } else {
+        layout::onion_address(&settings)
+    };
     if !settings.config.submission.listen.is_empty() {
         info!("[submission] is not served by this version yet; local programs use `smtorp sendmail`");
     }
@@ -59,6 +64,18 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     info!(domain = %directory.primary_domain(), queued = queue.len(), "smtorp starting");
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let transport = Arc::new(OnceCell::new());
+    let connector = OutboundConnector {
+        routes: settings.routes.clone(),
+        onion: transport.clone(),
+        onion_enabled,
+        connect_timeout: Duration::from_secs(30),
+    };
+    let remote = RemoteDelivery::new(
+        Arc::new(connector),
+        directory.primary_domain().to_owned(),
+        REMOTE_COMMAND_TIMEOUT,
+    );
     let scheduler = Scheduler::new(
         queue.clone(),
         directory.clone(),
@@ -68,7 +85,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             concurrency: settings.config.delivery.concurrency,
             maildir_host: directory.primary_domain().to_owned(),
         },
-    );
+    )
+    .with_remote(remote);
     let intake = Arc::new(Intake::new(queue.clone(), directory.clone(), scheduler.waker()));
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(scheduler.run(stop_rx.clone()));
@@ -93,6 +111,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {addr} ([smtp] listen)"))?;
         tasks.spawn(serve_tcp(listener, factory.clone(), stop_rx.clone()));
+    }
+    if onion_enabled {
+        tasks.spawn(onion::serve(settings.clone(), factory.clone(), transport.clone(), stop_rx.clone()));
     }
     info!("smtorp ready");
 

@@ -3,13 +3,16 @@
 //! `smtorp` binary (main.rs) is a thin CLI over these modules.
 
 pub mod config;
+pub mod connector;
 pub mod control;
 pub mod daemon;
+pub mod demo;
 pub mod directory;
 pub mod headers;
 pub mod intake;
 pub mod layout;
 pub mod listener;
 pub mod maildrop;
+pub mod onion;
 pub mod queue_cmd;
 pub mod sendmail;

@@ -3,7 +3,7 @@
 //! work. Invoked as `sendmail` (a symlink) it behaves as `smtorp sendmail`; as `mailq`, as
 //! `smtorp queue list`.
 
-use smtorp::{config, daemon, directory, layout, queue_cmd, sendmail};
+use smtorp::{config, daemon, demo, directory, layout, onion, queue_cmd, sendmail};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,8 +26,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Create the data directory and its folders; print what was created.
+    /// Create the data directory, its folders and the onion service key; print what was
+    /// created and our onion address.
     Init,
+    /// Print our onion address (creates the key if there is none yet).
+    Address,
     /// Run the mail server in the foreground (logs to stderr).
     Run,
     /// Check the configuration file and print the settings in force.
@@ -38,6 +41,14 @@ enum Command {
         /// sendmail options and recipients.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Bring up a private Tor network, start two smtorp servers on it, send a message from
+    /// one to the other and a reply, and show each step (needs Debian's `tor` installed).
+    Demo {
+        /// Keep the network's and servers' folders and logs here instead of a temporary
+        /// folder.
+        #[arg(long)]
+        keep: Option<PathBuf>,
     },
     /// Inspect the queue (works with the daemon running or stopped).
     Queue {
@@ -102,6 +113,26 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             for path in created {
                 println!("created {}", path.display());
             }
+            if settings.config.onion.enabled {
+                let address = onion::ensure_address(&settings)?;
+                println!("onion address: {address}");
+                println!(
+                    "the onion service key is in {}: back it up to keep this address",
+                    settings.arti_state_dir().join("keystore").display()
+                );
+            }
+            Ok(())
+        }
+        Command::Address => {
+            let settings = load(cli.config.as_deref())?;
+            match layout::onion_address(&settings) {
+                Some(address) => println!("{address}"),
+                None if settings.config.onion.enabled => {
+                    layout::create(&settings)?;
+                    println!("{}", onion::ensure_address(&settings)?);
+                }
+                None => anyhow::bail!("the onion service is off ([onion] enabled = false) and has no key yet"),
+            }
             Ok(())
         }
         Command::Run => {
@@ -122,6 +153,13 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             println!("local users = {:?}", settings.config.local.users);
             println!("smtp listen = {:?}", settings.smtp_listen);
             Ok(())
+        }
+        Command::Demo { keep } => {
+            if std::env::var_os("RUST_LOG").is_some() {
+                init_logging("warn");
+            }
+            let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            runtime.block_on(demo::run(keep))
         }
         Command::Sendmail { .. } => unreachable_sendmail(),
         Command::Queue { command: QueueCommand::List } => {

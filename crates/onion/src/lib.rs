@@ -1,0 +1,12 @@
+//! The onion transport: arti bootstrap, the SMTP onion service with a persistent identity,
+//! inbound streams to virtual port 25 and outbound streams to `<name>.onion:25`.
+#![doc = include_str!("../README.md")]
+
+mod config;
+mod transport;
+
+pub use config::{client_config, OnionSettings};
+pub use transport::{onion_address, InboundStreams, OnionError, OnionTransport};
+
+/// The stream type of both directions (tokio `AsyncRead + AsyncWrite`).
+pub use arti_client::DataStream;

@@ -1,0 +1,128 @@
+//! The onion side of the daemon: our onion address (kept in arti's keystore under data_dir,
+//! mirrored to `onion/hostname`), bootstrapping arti, publishing the SMTP onion service and
+//! running a session on every stream that reaches virtual port 25.
+
+use std::fs;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use smtorp_onion::{OnionSettings, OnionTransport};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{watch, OnceCell, Semaphore};
+use tracing::{error, info, warn};
+
+use crate::config::Settings;
+use crate::directory::OnionSidePolicy;
+use crate::listener::{run_session, stopped, SessionFactory};
+
+/// The nickname of our onion service in arti's keystore.
+pub const NICKNAME: &str = "smtorp";
+
+/// The arti settings of a configuration.
+pub fn onion_settings(settings: &Settings) -> OnionSettings {
+    let arti_config = &settings.config.onion.arti_config;
+    OnionSettings {
+        state_dir: settings.arti_state_dir(),
+        cache_dir: settings.arti_cache_dir(),
+        arti_config: (!arti_config.is_empty()).then(|| PathBuf::from(arti_config)),
+        nickname: NICKNAME.into(),
+        connect_timeout: settings.onion_connect_timeout,
+    }
+}
+
+fn hostname_file(settings: &Settings) -> PathBuf {
+    settings.config.data_dir.join("onion").join("hostname")
+}
+
+/// Our onion address: creates the identity key if there is none (offline), and mirrors the
+/// address into `<data_dir>/onion/hostname` (like C tor's `hostname` file).
+pub fn ensure_address(settings: &Settings) -> anyhow::Result<String> {
+    for dir in [settings.arti_state_dir(), settings.arti_cache_dir()] {
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        set_mode(&dir, 0o700)?;
+    }
+    set_mode(&settings.config.data_dir.join("arti"), 0o700)?;
+    let address = smtorp_onion::onion_address(&onion_settings(settings))
+        .context("cannot read or create the onion service key")?;
+    let file = hostname_file(settings);
+    if fs::read_to_string(&file).ok().as_deref().map(str::trim) != Some(address.as_str()) {
+        if let Some(parent) = file.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        fs::write(&file, format!("{address}\n"))
+            .with_context(|| format!("cannot write {}", file.display()))?;
+    }
+    Ok(address)
+}
+
+fn set_mode(path: &std::path::Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot set the mode of {}", path.display()))
+}
+
+/// Bootstraps arti (retrying on failure), publishes the onion service and serves SMTP on
+/// every accepted stream until shutdown. Puts the transport into `cell` for outbound use.
+pub async fn serve(
+    settings: Arc<Settings>,
+    factory: Arc<SessionFactory<OnionSidePolicy>>,
+    cell: Arc<OnceCell<Arc<OnionTransport>>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let started = std::time::Instant::now();
+    let transport = loop {
+        let attempt = OnionTransport::bootstrap(onion_settings(&settings));
+        tokio::select! {
+            result = attempt => match result {
+                Ok(t) => break Arc::new(t),
+                Err(e) => {
+                    error!(error = %e, "Tor bootstrap failed; retrying in 30 s");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(30)) => continue,
+                        _ = stopped(&mut shutdown) => return,
+                    }
+                }
+            },
+            _ = stopped(&mut shutdown) => return,
+        }
+    };
+    info!(seconds = started.elapsed().as_secs_f64(), "Tor bootstrapped");
+    let _ = cell.set(transport.clone());
+    let (address, mut streams) = match transport.launch() {
+        Ok(x) => x,
+        Err(e) => {
+            error!(error = %e, "cannot launch the onion service; only outbound mail works");
+            return;
+        }
+    };
+    info!(address = %address, seconds = started.elapsed().as_secs_f64(), "onion service launched (SMTP on port 25)");
+    let slots = Arc::new(Semaphore::new(factory.max_sessions));
+    let session_stop = shutdown.clone();
+    loop {
+        tokio::select! {
+            next = streams.next() => {
+                let Some(mut stream) = next else {
+                    warn!("the onion service stopped");
+                    return;
+                };
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    let busy = format!("421 4.3.2 {} Too many connections, try again later\r\n", factory.config.hostname);
+                    tokio::spawn(async move {
+                        let _ = stream.write_all(busy.as_bytes()).await;
+                        let _ = stream.flush().await;
+                        let _ = stream.shutdown().await;
+                    });
+                    continue;
+                };
+                let (factory, stop) = (factory.clone(), session_stop.clone());
+                tokio::spawn(async move {
+                    run_session(stream, &factory, stop).await;
+                    drop(permit);
+                });
+            }
+            _ = stopped(&mut shutdown) => return,
+        }
+    }
+}
