@@ -64,3 +64,77 @@ pub fn arti_toml(layout: &Layout) -> String {
     );
     out
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::layout::sample_layout;
+
+    #[test]
+    fn arti_toml_has_the_047_shape() {
+        let l = sample_layout();
+        let v: toml::Table = toml::from_str(&arti_toml(&l)).unwrap();
+        let net = v["tor_network"].as_table().unwrap();
+        let fallbacks = net["fallback_caches"].as_array().unwrap();
+        assert_eq!(fallbacks.len(), 3);
+        let f0 = fallbacks[0].as_table().unwrap();
+        assert_eq!(
+            f0["rsa_identity"].as_str(),
+            Some(l.authorities[0].rsa_fingerprint.as_str())
+        );
+        assert_eq!(
+            f0["ed_identity"].as_str(),
+            Some(l.authorities[0].ed_identity.as_str())
+        );
+        assert_eq!(
+            f0["orports"].as_array().unwrap()[0].as_str(),
+            Some("127.0.0.1:7000")
+        );
+        let auth = net["authorities"].as_table().unwrap();
+        let v3: Vec<&str> = auth["v3idents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            v3,
+            l.authorities
+                .iter()
+                .map(|a| a.v3ident.as_deref().unwrap())
+                .collect::<Vec<_>>()
+        );
+        for key in ["uploads", "downloads", "votes"] {
+            let lists = auth[key].as_array().unwrap();
+            assert_eq!(lists.len(), 3, "{key}");
+            let first = lists[0].as_array().unwrap();
+            assert_eq!(first.len(), 1);
+            assert_eq!(first[0].as_str(), Some("127.0.0.1:7001"), "{key}");
+        }
+        assert_eq!(
+            v["path_rules"]["ipv4_subnet_family_prefix"].as_integer(),
+            Some(33)
+        );
+        assert_eq!(
+            v["path_rules"]["ipv6_subnet_family_prefix"].as_integer(),
+            Some(129)
+        );
+        assert_eq!(
+            v["address_filter"]["allow_local_addrs"].as_bool(),
+            Some(true)
+        );
+        assert_eq!(
+            v["override_net_params"]["hsdir_interval"].as_integer(),
+            Some(8)
+        );
+        assert_eq!(
+            v["preemptive_circuits"]["disable_at_threshold"].as_integer(),
+            Some(0)
+        );
+        assert!(
+            !v.contains_key("storage"),
+            "each arti client sets its own storage"
+        );
+    }
+}

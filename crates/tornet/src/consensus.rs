@@ -70,13 +70,19 @@ pub(crate) fn parse_http_response(raw: &[u8]) -> Option<(u16, &[u8])> {
 }
 
 /// GETs `path` from `127.0.0.1:port` with HTTP/1.0 and returns the body of a 200 answer.
-pub async fn http_get_local(port: u16, path: &str, timeout: Duration) -> Result<String, TornetError> {
+pub async fn http_get_local(
+    port: u16,
+    path: &str,
+    timeout: Duration,
+) -> Result<String, TornetError> {
     let fetch = async {
         let mut s = TcpStream::connect(("127.0.0.1", port))
             .await
             .map_err(|e| e.to_string())?;
         let req = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n");
-        s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+        s.write_all(req.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
         let mut raw = Vec::new();
         s.read_to_end(&mut raw).await.map_err(|e| e.to_string())?;
         let (code, body) =
@@ -100,4 +106,79 @@ pub async fn http_get_local(port: u16, path: &str, timeout: Duration) -> Result<
 pub async fn fetch_summary(port: u16) -> Result<ConsensusSummary, TornetError> {
     let body = http_get_local(port, CONSENSUS_PATH, Duration::from_secs(5)).await?;
     Ok(summarize(&body))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    const SAMPLE: &str = "network-status-version 3 microdesc
+vote-status consensus
+valid-after 2026-11-26 22:21:40
+r auth0 ABCDEFGHIJKLMNOPQRSTUVWXYZa 2026-11-26 22:21:13 127.0.0.1 7000 7001
+m sha256=abc
+s Authority Fast Guard HSDir Running Stable V2Dir Valid
+w Bandwidth=0 Unmeasured=1
+r relay0 BBCDEFGHIJKLMNOPQRSTUVWXYZa 2026-11-26 22:21:13 127.0.0.1 7100 7101
+m sha256=def
+s Fast Guard HSDir Running Stable V2Dir Valid
+r relay1 CBCDEFGHIJKLMNOPQRSTUVWXYZa 2026-11-26 22:21:13 127.0.0.1 7110 7111
+m sha256=ghi
+s Fast Running Valid
+directory-footer
+";
+
+    #[test]
+    fn counts_relays_and_flags() {
+        let s = summarize(SAMPLE);
+        assert_eq!(
+            s,
+            ConsensusSummary {
+                relays: 3,
+                hsdirs: 2,
+                guards: 2
+            }
+        );
+        assert!(!s.is_ready(3));
+        assert!(s.is_ready(2));
+        assert_eq!(summarize(""), ConsensusSummary::default());
+        // "HSDirV3"-like or substring matches do not count.
+        assert_eq!(summarize("r x\ns Fast NotHSDir\n").hsdirs, 0);
+    }
+
+    #[test]
+    fn parses_http_responses() {
+        let (code, body) =
+            parse_http_response(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nr a\n")
+                .unwrap();
+        assert_eq!((code, body), (200, &b"r a\n"[..]));
+        let (code, _) = parse_http_response(b"HTTP/1.0 404 Not found\r\n\r\n").unwrap();
+        assert_eq!(code, 404);
+        assert!(parse_http_response(b"garbage").is_none());
+    }
+
+    #[tokio::test]
+    async fn fetches_from_a_local_server() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 1024];
+            let n = s.read(&mut buf).await.unwrap();
+            let req = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let body = SAMPLE;
+            s.write_all(format!("HTTP/1.0 200 OK\r\n\r\n{body}").as_bytes())
+                .await
+                .unwrap();
+            req
+        });
+        let s = fetch_summary(port).await.unwrap();
+        assert_eq!(s.relays, 3);
+        let req = server.await.unwrap();
+        assert!(
+            req.starts_with(&format!("GET {CONSENSUS_PATH} HTTP/1.0\r\n")),
+            "{req}"
+        );
+    }
 }

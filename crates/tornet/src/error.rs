@@ -9,23 +9,21 @@ use std::time::Duration;
 #[non_exhaustive]
 pub enum TornetError {
     /// A file system or socket operation failed.
-    #[error("{context}: {source}")]
+    #[error("{context}: {error}")]
     Io {
         /// What was being done (with the path when there is one).
         context: String,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        /// The underlying error (in the message, so not also a `source()`).
+        error: std::io::Error,
     },
 
     /// A required program (`tor`, `tor-gencert`, `kill`) could not be run at all.
-    #[error("cannot run `{program}` ({source}); install Debian's `tor` package (`apt-get install -y tor`)")]
+    #[error("cannot run `{program}` ({error}); install Debian's `tor` package (`apt-get install -y tor`)")]
     NotInstalled {
         /// The program name.
         program: String,
         /// Why it could not be started.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 
     /// A helper command (key generation) ran but failed.
@@ -64,9 +62,7 @@ pub enum TornetError {
     },
 
     /// The network did not become ready in time.
-    #[error(
-        "timed out after {waited:?} waiting for {what}; last consensus: {last}\n{log_tails}"
-    )]
+    #[error("timed out after {waited:?} waiting for {what}; last consensus: {last}\n{log_tails}")]
     Timeout {
         /// What we were waiting for.
         what: String,
@@ -92,13 +88,12 @@ pub enum TornetError {
     NoFreePorts(usize),
 
     /// The directory holds no network description (`network.toml`).
-    #[error("{} holds no tornet network (no network.toml): {source}", .dir.display())]
+    #[error("{} holds no tornet network (no network.toml): {error}", .dir.display())]
     NoNetwork {
         /// The directory.
         dir: PathBuf,
         /// Why network.toml could not be read.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 
     /// network.toml could not be parsed or written.
@@ -126,10 +121,10 @@ pub enum TornetError {
 
 impl TornetError {
     /// Wraps an I/O error with a context string.
-    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+    pub(crate) fn io(context: impl Into<String>, error: std::io::Error) -> Self {
         TornetError::Io {
             context: context.into(),
-            source,
+            error,
         }
     }
 }

@@ -53,20 +53,31 @@ fn read(path: &Path) -> Result<String, TornetError> {
 }
 
 /// Creates `node_dir/keys/authority_*` with `tor-gencert`; returns the v3 identity.
-pub(crate) fn generate_authority_keys(node_dir: &Path, dir_port: u16) -> Result<String, TornetError> {
+pub(crate) fn generate_authority_keys(
+    node_dir: &Path,
+    dir_port: u16,
+) -> Result<String, TornetError> {
     let keys = node_dir.join("keys");
     crate::create_private_dir(&keys)?;
     let address = format!("127.0.0.1:{dir_port}");
     let mut child = Command::new("tor-gencert")
-        .args(["--create-identity-key", "-m", "12", "-a", &address, "--passphrase-fd", "0"])
+        .args([
+            "--create-identity-key",
+            "-m",
+            "12",
+            "-a",
+            &address,
+            "--passphrase-fd",
+            "0",
+        ])
         .current_dir(&keys)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|source| TornetError::NotInstalled {
+        .map_err(|error| TornetError::NotInstalled {
             program: "tor-gencert".into(),
-            source,
+            error,
         })?;
     if let Some(mut stdin) = child.stdin.take() {
         // Empty passphrase.
@@ -75,7 +86,10 @@ pub(crate) fn generate_authority_keys(node_dir: &Path, dir_port: u16) -> Result<
     let out = child
         .wait_with_output()
         .map_err(|e| TornetError::io("waiting for tor-gencert", e))?;
-    check(format!("tor-gencert -a {address} (in {})", keys.display()), out)?;
+    check(
+        format!("tor-gencert -a {address} (in {})", keys.display()),
+        out,
+    )?;
     let path = keys.join("authority_certificate");
     parse_cert_fingerprint(&read(&path)?).ok_or(TornetError::Parse {
         what: "the v3 identity",
@@ -98,18 +112,31 @@ pub(crate) fn generate_relay_identity(
         .arg("--list-fingerprint")
         .arg("--DataDirectory")
         .arg(node_dir)
-        .args(["--ORPort", &or_port.to_string(), "--Nickname", name, "--SocksPort", "0"])
+        .args([
+            "--ORPort",
+            &or_port.to_string(),
+            "--Nickname",
+            name,
+            "--SocksPort",
+            "0",
+        ])
         .arg("--Log")
         .arg("err stderr")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .output()
-        .map_err(|source| TornetError::NotInstalled {
+        .map_err(|error| TornetError::NotInstalled {
             program: "tor".into(),
-            source,
+            error,
         })?;
-    check(format!("tor --list-fingerprint --DataDirectory {}", node_dir.display()), out)?;
+    check(
+        format!(
+            "tor --list-fingerprint --DataDirectory {}",
+            node_dir.display()
+        ),
+        out,
+    )?;
     let path = node_dir.join("fingerprint");
     let rsa = parse_fingerprint_file(&read(&path)?)
         .filter(|v| v.len() == 40)
@@ -123,4 +150,35 @@ pub(crate) fn generate_relay_identity(
         path,
     })?;
     Ok((rsa, ed))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn parses_fingerprint_files() {
+        assert_eq!(
+            parse_fingerprint_file("auth0 2058A19ED5B03D5474868AEAC0E4F65D86BC77D4\n").as_deref(),
+            Some("2058A19ED5B03D5474868AEAC0E4F65D86BC77D4")
+        );
+        assert_eq!(
+            parse_fingerprint_file("auth0 SWeFB5E6zxZDS5v0HnTyl99q1hf44/PXo4tF1mwPEnQ\n")
+                .as_deref(),
+            Some("SWeFB5E6zxZDS5v0HnTyl99q1hf44/PXo4tF1mwPEnQ")
+        );
+        assert_eq!(parse_fingerprint_file("auth0\n"), None);
+    }
+
+    #[test]
+    fn parses_the_v3_identity() {
+        let cert = "dir-key-certificate-version 3\ndir-address 127.0.0.1:7100\n\
+                    fingerprint F4616499020D9CFE4FAE9D4C337446B2229BBDCD\ndir-key-published x\n";
+        assert_eq!(
+            parse_cert_fingerprint(cert).as_deref(),
+            Some("F4616499020D9CFE4FAE9D4C337446B2229BBDCD")
+        );
+        assert_eq!(parse_cert_fingerprint("fingerprint XYZ\n"), None);
+    }
 }

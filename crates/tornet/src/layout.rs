@@ -84,3 +84,44 @@ pub(crate) fn all_process_names() -> Vec<String> {
     v.push(CLIENT_NAME.to_owned());
     v
 }
+
+/// A fixed layout for unit tests (no keys generated, made-up identities).
+#[cfg(test)]
+pub(crate) fn sample_layout() -> Layout {
+    let node = |i: usize, role: Role| Node {
+        name: if role == Role::Authority {
+            authority_name(i)
+        } else {
+            relay_name(i)
+        },
+        role,
+        or_port: 7000 + 10 * i as u16 + if role == Role::Relay { 100 } else { 0 },
+        dir_port: 7001 + 10 * i as u16 + if role == Role::Relay { 100 } else { 0 },
+        rsa_fingerprint: format!("{:040X}", i + if role == Role::Relay { 100 } else { 1 }),
+        ed_identity: format!("ed{i}AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+        v3ident: (role == Role::Authority).then(|| format!("{:040X}", 0xA0 + i)),
+    };
+    Layout {
+        authorities: (0..N_AUTHORITIES)
+            .map(|i| node(i, Role::Authority))
+            .collect(),
+        relays: (0..N_RELAYS).map(|i| node(i, Role::Relay)).collect(),
+        socks_port: 9050,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn layout_round_trips_through_toml() {
+        let l = sample_layout();
+        let text = toml::to_string_pretty(&l).unwrap();
+        let back: Layout = toml::from_str(&text).unwrap();
+        assert_eq!(back, l);
+        assert_eq!(l.process_names().len(), N_CONSENSUS_RELAYS + 1);
+        assert_eq!(all_process_names(), l.process_names());
+    }
+}

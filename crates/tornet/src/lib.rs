@@ -65,7 +65,7 @@ impl fmt::Display for Timings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "keys {:.1} s, daemons started {:.1} s, consensus {:.1} s, client bootstrapped {:.1} s",
+            "keys {:.1} s, relays started {:.1} s, consensus {:.1} s, client bootstrapped {:.1} s",
             self.keys.as_secs_f64(),
             self.started.as_secs_f64(),
             self.consensus.as_secs_f64(),
@@ -161,10 +161,10 @@ fn stop_procs(procs: Vec<TorProcess>) -> Result<DownReport, TornetError> {
 
 /// Reads `DIR/network.toml`.
 pub fn read_layout(dir: &Path) -> Result<Layout, TornetError> {
-    let text = std::fs::read_to_string(dir.join(NETWORK_TOML)).map_err(|source| {
+    let text = std::fs::read_to_string(dir.join(NETWORK_TOML)).map_err(|error| {
         TornetError::NoNetwork {
             dir: dir.to_owned(),
-            source,
+            error,
         }
     })?;
     toml::from_str(&text).map_err(|e| TornetError::BadNetworkFile {
@@ -323,7 +323,10 @@ fn setup(dir: &Path, t0: Instant) -> Result<(Layout, Vec<TorProcess>, Duration),
             .into_iter()
             .map(|h| {
                 h.join().unwrap_or_else(|_| {
-                    Err(TornetError::io("tor start thread", std::io::Error::other("panicked")))
+                    Err(TornetError::io(
+                        "tor start thread",
+                        std::io::Error::other("panicked"),
+                    ))
                 })
             })
             .collect()
@@ -354,7 +357,8 @@ impl TorNet {
     ///
     /// Fails with [`TornetError::AlreadyRunning`] if daemons of an earlier `up` still run in
     /// `dir`; leftovers of a stopped network there are replaced. On any error, every daemon
-    /// already started is stopped.
+    /// already started is stopped. (If the future is dropped while the relays are being
+    /// started, before `up` holds them, [`down_dir`] stops them: their PidFiles are in `dir`.)
     pub async fn up(dir: &Path, opts: Options) -> Result<TorNet, TornetError> {
         let t0 = Instant::now();
         create_private_dir(dir)?;
@@ -382,16 +386,19 @@ impl TorNet {
 
         tracing::info!("bringing up a private Tor network in {}", dir.display());
         let setup_dir = dir.clone();
-        let (layout, procs, keys_done) =
-            tokio::task::spawn_blocking(move || setup(&setup_dir, t0))
-                .await
-                .map_err(|e| TornetError::io("setup task", std::io::Error::other(e)))??;
+        let (layout, procs, keys_done) = tokio::task::spawn_blocking(move || setup(&setup_dir, t0))
+            .await
+            .map_err(|e| TornetError::io("setup task", std::io::Error::other(e)))??;
         let started = t0.elapsed();
         tracing::info!(
             "{} relay daemons started in {:.1} s (authorities' DirPorts {:?})",
             procs.len(),
             started.as_secs_f64(),
-            layout.authorities.iter().map(|a| a.dir_port).collect::<Vec<_>>(),
+            layout
+                .authorities
+                .iter()
+                .map(|a| a.dir_port)
+                .collect::<Vec<_>>(),
         );
         let arti_toml = arti::arti_toml(&layout);
         // From here on, dropping `net` (error or panic) stops the daemons.
@@ -593,7 +600,7 @@ impl fmt::Display for NetworkStatus {
                 .processes
                 .iter()
                 .find(|(p, _)| p.name == n.name)
-                .map_or("not started".to_owned(), |(p, alive)| {
+                .map_or("not running".to_owned(), |(p, alive)| {
                     format!("pid {} {}", p.pid, if *alive { "running" } else { "gone" })
                 });
             writeln!(
@@ -610,17 +617,18 @@ impl fmt::Display for NetworkStatus {
             .processes
             .iter()
             .find(|(p, _)| p.name == CLIENT_NAME)
-            .map_or("not started".to_owned(), |(p, alive)| {
+            .map_or("not running".to_owned(), |(p, alive)| {
                 format!("pid {} {}", p.pid, if *alive { "running" } else { "gone" })
             });
+        let bootstrap = match (self.client_bootstrapped, client.starts_with("pid")) {
+            (true, true) => " (bootstrapped)",
+            (false, true) => " (not bootstrapped)",
+            _ => "",
+        };
         writeln!(
             f,
-            "{:<8} {:<9} SocksPort {:<5} {} {}",
-            CLIENT_NAME,
-            "client",
-            self.layout.socks_port,
-            client,
-            if self.client_bootstrapped { "(bootstrapped)" } else { "(not bootstrapped)" }
+            "{:<8} {:<9} SocksPort {:<5} {client}{bootstrap}",
+            CLIENT_NAME, "client", self.layout.socks_port,
         )?;
         match &self.consensus {
             Ok(s) => write!(f, "consensus: {s}"),

@@ -77,9 +77,9 @@ pub(crate) fn start_tor(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .output()
-        .map_err(|source| TornetError::NotInstalled {
+        .map_err(|error| TornetError::NotInstalled {
             program: "tor".into(),
-            source,
+            error,
         })?;
     if !out.status.success() {
         let output = format!(
@@ -138,9 +138,9 @@ fn send(signal: &str, pids: &[u32]) -> Result<(), TornetError> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .map_err(|source| TornetError::NotInstalled {
+        .map_err(|error| TornetError::NotInstalled {
             program: "kill".into(),
-            source,
+            error,
         })?;
     Ok(())
 }
@@ -172,7 +172,58 @@ pub(crate) fn stop(procs: &[TorProcess], grace: Duration) -> Result<Vec<String>,
     send("KILL", &pids)?;
     let left = wait_gone(&stubborn, Duration::from_secs(5));
     if !left.is_empty() {
-        return Err(TornetError::StillRunning(left.iter().map(|p| p.pid).collect()));
+        return Err(TornetError::StillRunning(
+            left.iter().map(|p| p.pid).collect(),
+        ));
     }
     Ok(stubborn.into_iter().map(|p| p.name).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    /// A process that ignores SIGTERM, with `marker` on its command line like a torrc.
+    fn stubborn(marker: &Path) -> std::process::Child {
+        Command::new("sh")
+            .arg("-c")
+            .arg("trap '' TERM; while :; do sleep 0.1; done")
+            .arg(marker)
+            .spawn()
+            .unwrap()
+    }
+
+    #[test]
+    fn sigkill_follows_an_ignored_sigterm() {
+        let marker = PathBuf::from(format!("/tmp/tornet-test-{}/torrc", std::process::id()));
+        let mut child = stubborn(&marker);
+        let p = TorProcess {
+            name: "stubborn".into(),
+            pid: child.id(),
+            torrc: marker.clone(),
+        };
+        // Wait until the shell has installed its trap.
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(p.is_alive());
+        assert!(!is_tor_of(p.pid, Path::new("/some/other/torrc")));
+        let t0 = Instant::now();
+        let killed = stop(std::slice::from_ref(&p), Duration::from_millis(500)).unwrap();
+        assert_eq!(killed, vec!["stubborn".to_owned()]);
+        assert!(t0.elapsed() >= Duration::from_millis(500));
+        assert!(!p.is_alive(), "a zombie counts as gone");
+        let _ = child.wait();
+        // Idempotent.
+        assert!(stop(&[p], Duration::from_millis(100)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn tail_keeps_the_last_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("log");
+        std::fs::write(&f, "a\nb\nc\nd\n").unwrap();
+        assert_eq!(tail(&f, 2), "c\nd");
+        assert_eq!(tail(&f, 10), "a\nb\nc\nd");
+        assert_eq!(tail(&dir.path().join("missing"), 3), "");
+    }
 }

@@ -80,5 +80,103 @@ pub fn client_torrc(node_dir: &Path, socks_port: u16, authorities: &[Node]) -> S
     common(&mut out, node_dir, crate::layout::CLIENT_NAME, authorities);
     let _ = writeln!(out, "SocksPort 127.0.0.1:{socks_port}");
     out.push_str("ORPort 0\nDirPort 0\nClientUseIPv6 0\n");
+    // Guards (and so directory guards) among the authorities: they have every
+    // microdescriptor as soon as the consensus exists, while relays mirror it up to ~20 s
+    // later; a client asking a lagging mirror waits 10 s for its next descriptor fetch.
+    let guards: Vec<String> = authorities
+        .iter()
+        .map(|a| format!("${}", a.rsa_fingerprint))
+        .collect();
+    if !guards.is_empty() {
+        let _ = writeln!(out, "EntryNodes {}", guards.join(","));
+    }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::layout::sample_layout;
+
+    /// The value of option `key` in a torrc (first occurrence).
+    fn opt<'a>(torrc: &'a str, key: &str) -> Option<&'a str> {
+        torrc.lines().find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            (k == key).then_some(v)
+        })
+    }
+
+    #[test]
+    fn dir_authority_line_has_every_part() {
+        let l = sample_layout();
+        let a = &l.authorities[1];
+        assert_eq!(
+            dir_authority_line(a),
+            format!(
+                "DirAuthority auth1 orport=7010 no-v2 v3ident={:040X} 127.0.0.1:7011 {:040X}",
+                0xA1, 2
+            )
+        );
+    }
+
+    #[test]
+    fn authority_torrc_has_the_voting_options() {
+        let l = sample_layout();
+        let t = relay_torrc(Path::new("/n/auth0"), &l.authorities[0], &l.authorities);
+        assert_eq!(opt(&t, "TestingTorNetwork"), Some("1"));
+        assert_eq!(opt(&t, "DataDirectory"), Some("/n/auth0"));
+        assert_eq!(opt(&t, "PidFile"), Some("/n/auth0/tor.pid"));
+        assert_eq!(opt(&t, "Log"), Some("notice file /n/auth0/notice.log"));
+        assert_eq!(opt(&t, "RunAsDaemon"), Some("1"));
+        assert_eq!(opt(&t, "Nickname"), Some("auth0"));
+        assert_eq!(opt(&t, "ORPort"), Some("127.0.0.1:7000"));
+        assert_eq!(opt(&t, "DirPort"), Some("127.0.0.1:7001"));
+        assert_eq!(opt(&t, "SocksPort"), Some("0"));
+        assert_eq!(opt(&t, "AuthoritativeDirectory"), Some("1"));
+        assert_eq!(opt(&t, "V3AuthoritativeDirectory"), Some("1"));
+        assert_eq!(opt(&t, "V3AuthVotingInterval"), Some("20"));
+        assert_eq!(opt(&t, "TestingV3AuthInitialVotingInterval"), Some("20"));
+        assert_eq!(opt(&t, "TestingDirAuthVoteHSDir"), Some("*"));
+        assert_eq!(opt(&t, "ExitPolicy"), Some("reject *:*"));
+        assert_eq!(
+            t.lines().filter(|l| l.starts_with("DirAuthority ")).count(),
+            3
+        );
+    }
+
+    #[test]
+    fn relay_torrc_is_not_an_authority() {
+        let l = sample_layout();
+        let t = relay_torrc(Path::new("/n/relay2"), &l.relays[2], &l.authorities);
+        assert_eq!(opt(&t, "Nickname"), Some("relay2"));
+        assert_eq!(opt(&t, "ORPort"), Some("127.0.0.1:7120"));
+        assert_eq!(opt(&t, "AssumeReachable"), Some("1"));
+        assert_eq!(opt(&t, "ExitRelay"), Some("0"));
+        assert_eq!(opt(&t, "AuthoritativeDirectory"), None);
+        assert_eq!(opt(&t, "V3AuthVotingInterval"), None);
+        assert_eq!(
+            t.lines().filter(|l| l.starts_with("DirAuthority ")).count(),
+            3
+        );
+    }
+
+    #[test]
+    fn client_torrc_has_socks_and_authority_guards() {
+        let l = sample_layout();
+        let t = client_torrc(Path::new("/n/client"), 9050, &l.authorities);
+        assert_eq!(opt(&t, "TestingTorNetwork"), Some("1"));
+        assert_eq!(opt(&t, "SocksPort"), Some("127.0.0.1:9050"));
+        assert_eq!(opt(&t, "PidFile"), Some("/n/client/tor.pid"));
+        assert_eq!(opt(&t, "RunAsDaemon"), Some("1"));
+        assert_eq!(opt(&t, "ORPort"), Some("0"));
+        assert_eq!(opt(&t, "Nickname"), None);
+        let entry = opt(&t, "EntryNodes").unwrap();
+        assert_eq!(entry.split(',').count(), 3);
+        assert!(entry.starts_with(&format!("${}", l.authorities[0].rsa_fingerprint)));
+        assert_eq!(
+            t.lines().filter(|l| l.starts_with("DirAuthority ")).count(),
+            3
+        );
+    }
 }
