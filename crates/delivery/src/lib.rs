@@ -9,7 +9,9 @@ mod scheduler;
 
 pub use local::deliver_to_maildir;
 pub use remote::{BoxedStream, ConnectError, ConnectFuture, Connector, PeerStream, RemoteDelivery};
-pub use scheduler::{Outcome, Scheduler, SchedulerConfig, Stats};
+pub use scheduler::{
+    BounceFuture, Bouncer, FailedRecipient, FailureReport, Outcome, Scheduler, SchedulerConfig, Stats,
+};
 
 use std::path::PathBuf;
 

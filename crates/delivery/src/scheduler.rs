@@ -6,12 +6,14 @@
 //! delivered now) over the unbounded set on disk; the next retry time lives with the message.
 
 use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use smtorp_maildir::Delivered;
-use smtorp_queue::{Envelope, Queue, QueueId, RecipientState};
+use smtorp_queue::{Envelope, Origin, Queue, QueueId, RecipientState};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
@@ -64,6 +66,37 @@ pub struct Scheduler {
     stats: Arc<Stats>,
     active: Arc<Mutex<HashSet<QueueId>>>,
     remote: Option<Arc<RemoteDelivery>>,
+    bouncer: Option<Arc<dyn Bouncer>>,
+}
+
+/// A recipient that failed for good in this attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedRecipient {
+    /// The envelope recipient.
+    pub address: String,
+    /// Why (the remote reply, or a local reason, or expiry).
+    pub reason: String,
+}
+
+/// What a bounce reports: the message and the recipients that failed.
+#[derive(Debug)]
+pub struct FailureReport<'a> {
+    /// The message's envelope (sender, arrival time, ...).
+    pub envelope: &'a Envelope,
+    /// The recipients that failed in this attempt.
+    pub failed: &'a [FailedRecipient],
+    /// The message (its header is returned to the sender).
+    pub body: &'a [u8],
+}
+
+/// The future a [`Bouncer`] returns.
+pub type BounceFuture<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+
+/// Sends delivery status notifications to the envelope sender (implemented by the binary,
+/// through the one enqueue path). Never called for a null sender or for a bounce.
+pub trait Bouncer: Send + Sync + 'static {
+    /// Queues a bounce durably; an error keeps the failed message for a later attempt.
+    fn bounce<'a>(&'a self, report: &'a FailureReport<'a>) -> BounceFuture<'a>;
 }
 
 fn unix_now() -> u64 {
@@ -89,7 +122,14 @@ impl Scheduler {
             stats: Arc::new(Stats::default()),
             active: Arc::new(Mutex::new(HashSet::new())),
             remote: None,
+            bouncer: None,
         }
+    }
+
+    /// Reports permanent failures and expiries to senders with `bouncer`.
+    pub fn with_bouncer(mut self, bouncer: Arc<dyn Bouncer>) -> Scheduler {
+        self.bouncer = Some(bouncer);
+        self
     }
 
     /// Delivers mail for other onion domains with `remote` (without it, such mail waits).
@@ -167,6 +207,7 @@ impl Scheduler {
             }
         };
         let body = Arc::new(body);
+        let before: Vec<RecipientState> = envelope.recipients.iter().map(|r| r.state).collect();
         let pending: Vec<usize> = (0..envelope.recipients.len())
             .filter(|&i| envelope.recipients[i].state == RecipientState::Pending)
             .collect();
@@ -197,6 +238,28 @@ impl Scheduler {
             }
         }
         self.reschedule(&mut envelope, unix_now());
+        let failed: Vec<FailedRecipient> = envelope
+            .recipients
+            .iter()
+            .zip(&before)
+            .filter(|(r, was)| r.state == RecipientState::Failed && **was == RecipientState::Pending)
+            .map(|(r, _)| FailedRecipient {
+                address: r.address.clone(),
+                reason: r.last_error.clone().unwrap_or_default(),
+            })
+            .collect();
+        if !failed.is_empty() {
+            if envelope.sender.is_empty() || envelope.origin == Origin::Bounce {
+                info!(queue_id = %id, "not bouncing a message with a null sender");
+            } else if let Some(bouncer) = &self.bouncer {
+                let report = FailureReport { envelope: &envelope, failed: &failed, body: &body };
+                if let Err(e) = bouncer.bounce(&report).await {
+                    // Keep the message as it was: it is tried (and bounced) again later.
+                    warn!(queue_id = %id, error = %e, "cannot queue the bounce; keeping the message");
+                    return;
+                }
+            }
+        }
         if let Err(e) = self.queue.update(&envelope) {
             warn!(queue_id = %id, error = %e, "cannot record delivery results; will retry");
             return;

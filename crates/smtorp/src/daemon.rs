@@ -16,6 +16,7 @@ use crate::config::Settings;
 use crate::directory::{Directory, OnionSidePolicy};
 use crate::intake::{Intake, SmtpHandler};
 use crate::listener::{serve_tcp, SessionFactory};
+use crate::bounce::DsnBouncer;
 use crate::connector::OutboundConnector;
 use crate::{control, layout, maildrop, onion};
 
@@ -88,6 +89,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     )
     .with_remote(remote);
     let intake = Arc::new(Intake::new(queue.clone(), directory.clone(), scheduler.waker()));
+    let scheduler = scheduler.with_bouncer(Arc::new(DsnBouncer {
+        intake: intake.clone(),
+        domain: directory.primary_domain().to_owned(),
+    }));
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(scheduler.run(stop_rx.clone()));
     tasks.spawn(maildrop::run(settings.maildrop_dir(), intake.clone(), stop_rx.clone()));

@@ -50,19 +50,17 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
-/// Keeps only characters that are safe inside a header comment or token we write
-/// (printable ASCII without parentheses, backslash or semicolon), at most 64 of them.
-fn sanitize_token(text: &str) -> String {
-    let clean: String = text
-        .chars()
-        .filter(|c| c.is_ascii_graphic() && !matches!(c, '(' | ')' | '\\' | ';' | '<' | '>'))
-        .take(64)
-        .collect();
-    if clean.is_empty() {
-        "unknown".into()
-    } else {
-        clean
-    }
+/// The client's EHLO name if it is a plain domain name (letters, digits, hyphens, dots),
+/// else nothing: an address literal such as `[10.0.0.1]` or a bare IPv4 address is an IP
+/// address, which our headers never carry.
+fn helo_name(text: &str) -> Option<&str> {
+    let name = text.split_whitespace().next()?;
+    let plain = name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    let numeric = name.chars().all(|c| c.is_ascii_digit() || c == '.');
+    (plain && !numeric).then_some(name)
 }
 
 /// How a message reached us, for the `with` clause of Received.
@@ -77,8 +75,8 @@ pub enum Via {
 /// Our Received header (CRLF-terminated, folded): `from <helo>` only for SMTP, never an
 /// IP address or host name of ours, the date in UTC.
 pub fn received(helo: Option<&str>, by: &str, via: Via, queue_id: &str, unix: u64) -> String {
-    let from = match helo {
-        Some(helo) => format!("from {} ", sanitize_token(helo)),
+    let from = match helo.and_then(helo_name) {
+        Some(helo) => format!("from {helo} "),
         None => String::new(),
     };
     let with = match via {
@@ -209,11 +207,15 @@ mod tests {
 
     #[test]
     fn received_has_no_ip_or_software() {
-        let r = received(Some("client [10.0.0.1]"), "a.onion", Via::Smtp, "00000000000000AB", 0);
+        let r = received(Some("client.example"), "a.onion", Via::Smtp, "00000000000000AB", 0);
         assert_eq!(
             r,
-            "Received: from client by a.onion with ESMTP id 00000000000000AB;\r\n\tThu, 01 Jan 1970 00:00:00 +0000\r\n"
+            "Received: from client.example by a.onion with ESMTP id 00000000000000AB;\r\n\tThu, 01 Jan 1970 00:00:00 +0000\r\n"
         );
+        for literal in ["[10.0.0.1]", "10.0.0.1", "[IPv6:::1]", "a(b)", "x;y"] {
+            let r = received(Some(literal), "a.onion", Via::Smtp, "1", 0);
+            assert!(r.starts_with("Received: by a.onion with ESMTP id 1;"), "{literal}: {r}");
+        }
         let r = received(None, "a.onion", Via::Local, "1", 0);
         assert!(r.starts_with("Received: by a.onion id 1;"));
     }

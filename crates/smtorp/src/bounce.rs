@@ -1,0 +1,178 @@
+//! Bounces: RFC 3464 delivery status notifications to the envelope sender when recipients
+//! fail for good (a 5xx from the peer, an unknown local user, expiry). A bounce is a
+//! `multipart/report; report-type=delivery-status` with a human-readable part, a
+//! `message/delivery-status` part and the original header, sent with the null sender `<>`
+//! through the one enqueue path. Like everything we write, it names no host and no IP, and
+//! its dates are UTC.
+
+use std::sync::Arc;
+
+use rand::RngCore;
+use smtorp_delivery::{BounceFuture, Bouncer, FailureReport};
+use smtorp_queue::Origin;
+use tracing::{info, warn};
+
+use crate::headers;
+use crate::intake::{Arrival, Intake, IntakeError};
+
+/// The enhanced status code in a failure reason (e.g. "5.1.1" in "... with 550 5.1.1 ..."),
+/// or a generic one.
+fn status_of(reason: &str) -> String {
+    let found = reason.split(|c: char| c.is_whitespace() || c == '(' || c == ')').find(|w| {
+        let parts: Vec<&str> = w.split('.').collect();
+        parts.len() == 3
+            && matches!(parts[0], "4" | "5")
+            && parts[1..].iter().all(|p| !p.is_empty() && p.len() <= 3 && p.chars().all(|c| c.is_ascii_digit()))
+    });
+    match found {
+        // A temporary code on a recipient that failed for good means it expired.
+        Some(code) if code.starts_with('4') => "4.4.7".into(),
+        Some(code) => code.to_owned(),
+        None if reason.starts_with("expired") => "4.4.7".into(),
+        None => "5.0.0".into(),
+    }
+}
+
+/// Text safe to put on one header-ish line of the report (no CR/LF, printable).
+fn one_line(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+}
+
+/// Builds the DSN message (CRLF line endings).
+pub fn build_dsn(report: &FailureReport<'_>, our_domain: &str, now: u64) -> Vec<u8> {
+    let envelope = report.envelope;
+    let mut random = [0u8; 12];
+    rand::thread_rng().fill_bytes(&mut random);
+    let boundary: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    let boundary = format!("=_smtorp_dsn_{boundary}");
+    let mut m = String::new();
+    m.push_str(&format!("From: Mail Delivery System <MAILER-DAEMON@{our_domain}>\r\n"));
+    m.push_str(&format!("To: <{}>\r\n", envelope.sender));
+    m.push_str("Subject: Undelivered Mail Returned to Sender\r\n");
+    m.push_str(&format!("Date: {}\r\n", headers::rfc5322_date(now)));
+    m.push_str(&format!("Message-ID: {}\r\n", headers::message_id(our_domain)));
+    m.push_str("Auto-Submitted: auto-replied\r\n");
+    m.push_str("MIME-Version: 1.0\r\n");
+    m.push_str(&format!(
+        "Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"{boundary}\"\r\n\r\n"
+    ));
+    m.push_str("This is a MIME-encapsulated message.\r\n\r\n");
+    m.push_str(&format!("--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"));
+    m.push_str(&format!(
+        "This is the mail system at {our_domain}.\r\n\r\n\
+         Your message could not be delivered to one or more recipients.\r\n\
+         It is attached below (headers only).\r\n\r\n"
+    ));
+    for f in report.failed {
+        m.push_str(&format!("<{}>: {}\r\n", f.address, one_line(&f.reason)));
+    }
+    m.push_str(&format!("\r\n--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n"));
+    m.push_str(&format!("Reporting-MTA: dns; {our_domain}\r\n"));
+    m.push_str(&format!("Queue-ID: {}\r\n", envelope.id));
+    m.push_str(&format!("Arrival-Date: {}\r\n", headers::rfc5322_date(envelope.arrival)));
+    for f in report.failed {
+        m.push_str("\r\n");
+        m.push_str(&format!("Final-Recipient: rfc822; {}\r\n", f.address));
+        m.push_str("Action: failed\r\n");
+        m.push_str(&format!("Status: {}\r\n", status_of(&f.reason)));
+        m.push_str(&format!("Diagnostic-Code: smtp; {}\r\n", one_line(&f.reason)));
+    }
+    m.push_str(&format!("\r\n--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n"));
+    let mut out = m.into_bytes();
+    let (header, _) = headers::split_header(report.body);
+    out.extend_from_slice(header);
+    if !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    out
+}
+
+/// Queues bounces through the intake.
+pub struct DsnBouncer {
+    /// The one way into the queue.
+    pub intake: Arc<Intake>,
+    /// Our name (Reporting-MTA, MAILER-DAEMON@).
+    pub domain: String,
+}
+
+impl DsnBouncer {
+    async fn send(&self, report: &FailureReport<'_>) -> Result<(), String> {
+        let dsn = build_dsn(report, &self.domain, headers::unix_now());
+        let recipients = [report.envelope.sender.clone()];
+        let arrival = Arrival {
+            sender: "",
+            recipients: &recipients,
+            helo: None,
+            origin: Origin::Bounce,
+            data: &dsn,
+        };
+        match self.intake.enqueue(arrival).await {
+            Ok(id) => {
+                info!(queue_id = %report.envelope.id, bounce_id = %id, failed = report.failed.len(), "bounce queued");
+                Ok(())
+            }
+            Err(IntakeError::Rejected(why)) => {
+                // The sender cannot be reached (not ours, not an onion): nothing to send to.
+                warn!(queue_id = %report.envelope.id, reason = %why, "cannot bounce to this sender; dropping the bounce");
+                Ok(())
+            }
+            Err(IntakeError::Store(e)) => Err(e.to_string()),
+        }
+    }
+}
+
+impl Bouncer for DsnBouncer {
+    fn bounce<'a>(&'a self, report: &'a FailureReport<'a>) -> BounceFuture<'a> {
+        Box::pin(self.send(report))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use smtorp_delivery::FailedRecipient;
+    use smtorp_queue::{Envelope, QueueId, Recipient, RecipientState};
+
+    #[test]
+    fn status_codes() {
+        assert_eq!(status_of("x.onion answered RCPT TO with 550 5.1.1 No such user"), "5.1.1");
+        assert_eq!(status_of("expired after 10 s in the queue; last error: x answered DATA with 451 4.3.0 busy"), "4.4.7");
+        assert_eq!(status_of("550 5.1.2 smtorp delivers only to onion addresses"), "5.1.2");
+        assert_eq!(status_of("something else"), "5.0.0");
+    }
+
+    #[test]
+    fn dsn_shape() {
+        let env = Envelope {
+            id: QueueId(42),
+            sender: "alice@a.onion".into(),
+            recipients: vec![Recipient {
+                address: "bob@b.onion".into(),
+                state: RecipientState::Failed,
+                attempts: 1,
+                last_error: None,
+            }],
+            arrival: 0,
+            origin: Origin::Smtp,
+            size: 10,
+            next_due: None,
+        };
+        let failed = [FailedRecipient {
+            address: "bob@b.onion".into(),
+            reason: "b.onion answered RCPT TO with 550 5.1.1 No such user\r\nX-Evil: 1".into(),
+        }];
+        let body = b"Subject: hi\r\nFrom: alice@a.onion\r\n\r\nsecret body\r\n";
+        let report = FailureReport { envelope: &env, failed: &failed, body };
+        let dsn = String::from_utf8(build_dsn(&report, "a.onion", 0)).unwrap();
+        assert!(dsn.contains("Content-Type: multipart/report; report-type=delivery-status;"));
+        assert!(dsn.contains("Reporting-MTA: dns; a.onion\r\n"));
+        assert!(dsn.contains("Final-Recipient: rfc822; bob@b.onion\r\nAction: failed\r\nStatus: 5.1.1\r\n"));
+        assert!(dsn.contains("Arrival-Date: Thu, 01 Jan 1970 00:00:00 +0000\r\n"));
+        assert!(dsn.contains("Subject: hi\r\nFrom: alice@a.onion\r\n"));
+        assert!(!dsn.contains("secret body"), "only the header is returned");
+        assert!(!dsn.contains("\r\nX-Evil"), "reasons cannot inject lines");
+        assert!(dsn.ends_with("--\r\n"));
+    }
+}
