@@ -8,6 +8,9 @@ pub(crate) const ENVELOPES: &str = "envelopes";
 pub(crate) const BODIES: &str = "bodies";
 /// Tree: due secs (8 bytes BE) || id (8 bytes BE) -> empty value.
 pub(crate) const DUE: &str = "due";
+/// Tree: intake tokens (e.g. a maildrop file name) -> id: an entry point that must not
+/// enqueue the same thing twice records its token in the same transaction as the message.
+pub(crate) const TOKENS: &str = "tokens";
 /// Tree: records that could not be decoded at open, moved aside by recovery
 /// (`b"e"` || original envelope key -> envelope bytes, `b"b"` || id -> body).
 pub(crate) const QUARANTINE: &str = "quarantine";

@@ -178,6 +178,7 @@ pub struct Queue {
     envelopes: sled::Tree,
     bodies: sled::Tree,
     due: sled::Tree,
+    tokens: sled::Tree,
     recovery: RecoveryReport,
     flusher: Flusher,
 }
@@ -260,6 +261,7 @@ impl Queue {
         let bodies = db.open_tree(keys::BODIES)?;
         let due = db.open_tree(keys::DUE)?;
         let quarantine = db.open_tree(keys::QUARANTINE)?;
+        let tokens = db.open_tree(keys::TOKENS)?;
 
         let report = recovery::recover(
             &recovery::Trees {
@@ -287,6 +289,7 @@ impl Queue {
             envelopes,
             bodies,
             due,
+            tokens,
             recovery: report,
             flusher,
         })
@@ -311,6 +314,40 @@ impl Queue {
     /// Atomically writes envelope, body and due entry (due now). Not yet durable: call
     /// [`Queue::sync`] before acknowledging.
     pub fn insert(&self, msg: &NewMessage<'_>) -> Result<Envelope, QueueError> {
+        self.insert_inner(msg, None)?
+            .ok_or_else(|| QueueError::Corrupt("insert without a token was refused".into()))
+    }
+
+    /// Like [`Queue::insert`], and records `token` in the same transaction: if `token` was
+    /// recorded before (the same thing was enqueued already, e.g. a maildrop file picked up
+    /// again after a crash), writes nothing and returns `None`. Tokens stay until
+    /// [`Queue::forget_token`].
+    pub fn insert_once(&self, msg: &NewMessage<'_>, token: &str) -> Result<Option<Envelope>, QueueError> {
+        self.insert_inner(msg, Some(token.as_bytes()))
+    }
+
+    /// True if `token` is recorded.
+    pub fn has_token(&self, token: &str) -> Result<bool, QueueError> {
+        Ok(self.tokens.contains_key(token.as_bytes())?)
+    }
+
+    /// Forgets `token` (its source is gone, so it cannot come again). Not durable until the
+    /// next sync; a token that survives a crash is harmless.
+    pub fn forget_token(&self, token: &str) -> Result<(), QueueError> {
+        self.tokens.remove(token.as_bytes())?;
+        Ok(())
+    }
+
+    /// Every recorded token (for cleaning up tokens whose source is gone).
+    pub fn tokens(&self) -> Result<Vec<String>, QueueError> {
+        self.tokens
+            .iter()
+            .keys()
+            .map(|k| k.map(|k| String::from_utf8_lossy(&k).into_owned()).map_err(QueueError::from))
+            .collect()
+    }
+
+    fn insert_inner(&self, msg: &NewMessage<'_>, token: Option<&[u8]>) -> Result<Option<Envelope>, QueueError> {
         let env = Envelope {
             id: msg.id,
             sender: msg.sender.to_owned(),
@@ -332,8 +369,14 @@ impl Queue {
         let bytes = encode(&env)?;
         let key = id_key(env.id);
         let dkey = due_key(msg.arrival, env.id);
-        (&self.envelopes, &self.bodies, &self.due)
-            .transaction(|(e, b, d)| {
+        let written = (&self.envelopes, &self.bodies, &self.due, &self.tokens)
+            .transaction(|(e, b, d, t)| {
+                if let Some(token) = token {
+                    if t.get(token)?.is_some() {
+                        return Ok(false);
+                    }
+                    t.insert(token, &key[..])?;
+                }
                 if e.get(key)?.is_some() {
                     return Err(ConflictableTransactionError::Abort(QueueError::Corrupt(
                         format!("queue id {} is already in use", msg.id),
@@ -342,10 +385,10 @@ impl Queue {
                 e.insert(&key[..], bytes.as_slice())?;
                 b.insert(&key[..], msg.body)?;
                 d.insert(&dkey[..], &[][..])?;
-                Ok(())
+                Ok(true)
             })
             .map_err(tx_err)?;
-        Ok(env)
+        Ok(written.then_some(env))
     }
 
     /// Group commit: returns once everything written before the call is on stable storage.

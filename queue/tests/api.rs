@@ -361,3 +361,32 @@ fn open_on_a_file_fails() {
     std::fs::write(&path, b"x").unwrap();
     assert!(Queue::open(&path).is_err());
 }
+
+#[test]
+fn insert_once_refuses_a_token_seen_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(dir.path()).unwrap();
+    let rcpts = vec!["bob@b.onion".to_string()];
+    let msg = |id| NewMessage {
+        id,
+        sender: "a@a.onion",
+        recipients: &rcpts,
+        origin: Origin::Maildrop,
+        arrival: 100,
+        body: b"x\r\n",
+    };
+    let first = queue.next_id().unwrap();
+    assert!(queue.insert_once(&msg(first), "drop-1").unwrap().is_some());
+    assert!(queue.has_token("drop-1").unwrap());
+    let second = queue.next_id().unwrap();
+    assert!(queue.insert_once(&msg(second), "drop-1").unwrap().is_none());
+    assert!(queue.envelope(second).unwrap().is_none(), "nothing written the second time");
+    assert_eq!(queue.len(), 1);
+    queue.sync_blocking().unwrap();
+    drop(queue);
+    let queue = Queue::open(dir.path()).unwrap();
+    assert_eq!(queue.tokens().unwrap(), vec!["drop-1".to_string()]);
+    queue.forget_token("drop-1").unwrap();
+    assert!(!queue.has_token("drop-1").unwrap());
+    assert!(queue.insert_once(&msg(second), "drop-1").unwrap().is_some());
+}

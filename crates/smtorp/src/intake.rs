@@ -54,6 +54,24 @@ impl Intake {
 
     /// Validates, adds Received, writes and flushes. Returns the queue id once durable.
     pub async fn enqueue(&self, arrival: Arrival<'_>) -> Result<QueueId, IntakeError> {
+        self.commit(arrival, None)
+            .await?
+            .ok_or_else(|| IntakeError::Store(QueueError::Corrupt("enqueue without a token was refused".into())))
+    }
+
+    /// [`Intake::enqueue`] for a source that may offer the same message again (a maildrop
+    /// file after a crash): `token` names it, and if it was enqueued before, nothing is
+    /// written and `None` is returned.
+    pub async fn enqueue_once(&self, arrival: Arrival<'_>, token: &str) -> Result<Option<QueueId>, IntakeError> {
+        self.commit(arrival, Some(token)).await
+    }
+
+    /// The queue, for the token bookkeeping of once-only sources.
+    pub fn queue(&self) -> &Queue {
+        &self.queue
+    }
+
+    async fn commit(&self, arrival: Arrival<'_>, token: Option<&str>) -> Result<Option<QueueId>, IntakeError> {
         self.validate(&arrival)?;
         let id = self.queue.next_id()?;
         let now = headers::unix_now();
@@ -71,19 +89,30 @@ impl Intake {
         let mut body = Vec::with_capacity(received.len() + arrival.data.len());
         body.extend_from_slice(received.as_bytes());
         body.extend_from_slice(arrival.data);
-        self.queue.insert(&NewMessage {
+        let message = NewMessage {
             id,
             sender: arrival.sender,
             recipients: arrival.recipients,
             origin: arrival.origin,
             arrival: now,
             body: &body,
-        })?;
+        };
+        match token {
+            None => {
+                self.queue.insert(&message)?;
+            }
+            Some(token) => {
+                if self.queue.insert_once(&message, token)?.is_none() {
+                    info!(token, "already queued earlier; not queued again");
+                    return Ok(None);
+                }
+            }
+        }
         self.queue.sync().await?;
         info!(queue_id = %id, size = body.len(), recipients = arrival.recipients.len(), origin = ?arrival.origin, "queued");
         debug!(queue_id = %id, sender = %arrival.sender, recipients = ?arrival.recipients, "envelope");
         self.waker.notify_one();
-        Ok(id)
+        Ok(Some(id))
     }
 
     fn validate(&self, arrival: &Arrival<'_>) -> Result<(), IntakeError> {

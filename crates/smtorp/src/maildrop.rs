@@ -2,8 +2,10 @@
 //!
 //! `sendmail` writes each message as one file under a temporary name (leading dot), fsyncs
 //! it, renames it to its final name and fsyncs the folder: a file with a final name is
-//! complete. The daemon picks files up at start and then every second, enqueues each through
-//! the intake and removes the file only after the queue commit.
+//! complete. The daemon picks files up at start and then every 250 ms, enqueues each through
+//! the intake and removes the file only after the queue commit. The file name is recorded
+//! in the queue in the same transaction as the message, so a file picked up again after a
+//! crash (committed, not yet removed) is not queued twice.
 //!
 //! File format: the line `SMTORP-MAILDROP 1`, one line of JSON (`{"sender": ..,
 //! "recipients": [..]}`), then the message with CRLF line endings.
@@ -139,11 +141,19 @@ pub async fn pickup_once(dir: &Path, intake: &Intake) -> usize {
             origin: Origin::Maildrop,
             data: &message,
         };
-        match intake.enqueue(arrival).await {
-            Ok(id) => {
-                count += 1;
-                if let Err(e) = fs::remove_file(&path).and_then(|()| fsync_dir(dir)) {
-                    warn!(file = %path.display(), queue_id = %id, error = %e, "cannot remove picked-up maildrop file");
+        // The file name is the token: if a crash came between the queue commit and the
+        // removal of the file, the second pickup finds the token and queues nothing.
+        let token = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        match intake.enqueue_once(arrival, &token).await {
+            Ok(queued) => {
+                if queued.is_some() {
+                    count += 1;
+                }
+                match fs::remove_file(&path).and_then(|()| fsync_dir(dir)) {
+                    Ok(()) => {
+                        let _ = intake.queue().forget_token(&token);
+                    }
+                    Err(e) => warn!(file = %path.display(), error = %e, "cannot remove picked-up maildrop file"),
                 }
             }
             Err(IntakeError::Rejected(why)) => {
@@ -159,15 +169,30 @@ pub async fn pickup_once(dir: &Path, intake: &Intake) -> usize {
     count
 }
 
-/// Picks up the maildrop at start and then every second until shutdown.
+/// Forgets the tokens of maildrop files that are gone (a crash came after the removal of
+/// the file but before the token was forgotten durably).
+fn forget_stale_tokens(dir: &Path, intake: &Intake) {
+    let queue = intake.queue();
+    for token in queue.tokens().unwrap_or_default() {
+        if !dir.join(&token).exists() {
+            let _ = queue.forget_token(&token);
+        }
+    }
+}
+
+/// How often the maildrop is looked at.
+const PICKUP_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Picks up the maildrop at start and then every 250 ms until shutdown.
 pub async fn run(dir: PathBuf, intake: Arc<Intake>, mut shutdown: watch::Receiver<bool>) {
+    forget_stale_tokens(&dir, &intake);
     loop {
         let n = pickup_once(&dir, &intake).await;
         if n > 0 {
             info!(count = n, "picked up from the maildrop");
         }
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::time::sleep(PICKUP_INTERVAL) => {}
             _ = crate::listener::stopped(&mut shutdown) => return,
         }
     }
@@ -187,6 +212,47 @@ mod tests {
         assert_eq!(e, env);
         assert_eq!(m, b"Subject: x\r\n\r\nhi\r\n");
         assert_eq!(waiting(dir.path()).unwrap(), vec![path]);
+    }
+
+    /// A crash after the queue commit but before the file was removed: the next pickup
+    /// finds the token and queues nothing a second time.
+    #[tokio::test]
+    async fn a_file_committed_before_a_crash_is_not_queued_twice() {
+        use crate::config;
+        use crate::directory::Directory;
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "data_dir = \"{}\"\n[local]\ndomains = [\"mail.test\"]\nusers = [\"alice\"]\n",
+            dir.path().display()
+        );
+        let settings = Arc::new(config::check(config::parse(&text).unwrap()).unwrap());
+        let queue = Arc::new(smtorp_queue::Queue::open(&settings.queue_dir()).unwrap());
+        let directory = Arc::new(Directory::new(settings.clone(), None));
+        let intake = Intake::new(queue.clone(), directory, Arc::new(tokio::sync::Notify::new()));
+        let drop_dir = settings.maildrop_dir();
+        create_dir(&drop_dir).unwrap();
+        let env = DropEnvelope { sender: "alice@mail.test".into(), recipients: vec!["alice@mail.test".into()] };
+        let path = write(&drop_dir, &env, b"Subject: once\r\n\r\nhi\r\n").unwrap();
+        let token = path.file_name().unwrap().to_string_lossy().into_owned();
+        // The first pickup got as far as the commit...
+        let arrival = Arrival {
+            sender: &env.sender,
+            recipients: &env.recipients,
+            helo: None,
+            origin: Origin::Maildrop,
+            data: b"Subject: once\r\n\r\nhi\r\n",
+        };
+        assert!(intake.enqueue_once(arrival, &token).await.unwrap().is_some());
+        assert_eq!(queue.len(), 1);
+        // ...then the daemon died. The next pickup must not queue it again.
+        assert_eq!(pickup_once(&drop_dir, &intake).await, 0);
+        assert_eq!(queue.len(), 1);
+        assert!(!path.exists(), "the file is removed");
+        assert!(!queue.has_token(&token).unwrap(), "and its token forgotten");
+        // A new file is queued as usual.
+        write(&drop_dir, &env, b"Subject: two\r\n\r\nhi\r\n").unwrap();
+        assert_eq!(pickup_once(&drop_dir, &intake).await, 1);
+        assert_eq!(queue.len(), 2);
     }
 
     #[test]
