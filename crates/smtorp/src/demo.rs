@@ -111,6 +111,31 @@ fn wait_for_file(dir: &Path, timeout: Duration) -> anyhow::Result<PathBuf> {
     bail!("no message arrived in {} within {} s", dir.display(), timeout.as_secs())
 }
 
+/// The `seconds=` field of the first log line containing `needle`, or "?".
+fn logged_seconds(log: &str, needle: &str) -> String {
+    log.lines()
+        .find(|l| l.contains(needle))
+        .and_then(|l| l.split("seconds=").nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|v| format!("{v:.2}"))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// Waits until `dir` holds a second file; returns the newest.
+fn wait_for_second(dir: &Path, timeout: Duration) -> anyhow::Result<PathBuf> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        let mut files: Vec<PathBuf> = fs::read_dir(dir)?.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+        if files.len() >= 2 {
+            files.sort();
+            return files.pop().context("no file");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("no second message arrived in {} within {} s", dir.display(), timeout.as_secs())
+}
+
 fn send(from: &Server, to: &Server, subject: &str, body: &str) -> anyhow::Result<()> {
     let message = format!("From: {u}@{a}\nTo: {tu}@{ta}\nSubject: {subject}\n\n{body}\n",
         u = from.user, a = from.address, tu = to.user, ta = to.address);
@@ -188,7 +213,16 @@ pub async fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
     }
     for server in &servers {
         wait_for_log(server, "onion service launched", Duration::from_secs(90))?;
-        step(started, &format!("server {}: arti bootstrapped, onion service published", server.name));
+        let log = fs::read_to_string(&server.log).unwrap_or_default();
+        step(
+            started,
+            &format!(
+                "server {}: arti bootstrapped in {} s, onion service launched at {} s after start",
+                server.name,
+                logged_seconds(&log, "Tor bootstrapped"),
+                logged_seconds(&log, "onion service launched"),
+            ),
+        );
     }
 
     let (a, b) = (&servers[0], &servers[1]);
@@ -205,6 +239,12 @@ pub async fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
     let file = wait_for_file(&a.maildir_new(), Duration::from_secs(60))?;
     step(started, &format!("delivered to alice's Maildir on A in {:.1} s", sent.elapsed().as_secs_f64()));
     show_message(&file);
+
+    let sent = Instant::now();
+    send(a, b, "Second message", "Circuits are warm now.")?;
+    let second = wait_for_second(&b.maildir_new(), Duration::from_secs(60))?;
+    step(started, &format!("a second message A -> B on warm circuits: delivered in {:.1} s", sent.elapsed().as_secs_f64()));
+    show_message(&second);
 
     for server in &mut servers {
         server.stop();
