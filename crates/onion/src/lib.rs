@@ -6,7 +6,7 @@ mod config;
 mod transport;
 
 pub use config::{client_config, OnionSettings};
-pub use transport::{onion_address, InboundStreams, OnionError, OnionTransport};
+pub use transport::{onion_address, InboundStreams, OnionError, OnionTransport, ServiceStatus};
 
 /// The stream type of both directions (tokio `AsyncRead + AsyncWrite`).
 pub use arti_client::DataStream;

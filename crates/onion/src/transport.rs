@@ -100,6 +100,25 @@ impl InboundStreams {
     }
 }
 
+/// A handle on the running onion service's state, for `smtorp status`.
+#[derive(Clone)]
+pub struct ServiceStatus(Arc<RunningOnionService>);
+
+impl ServiceStatus {
+    /// arti's view of the service (`Running`, `DegradedUnreachable`, ...). On a young
+    /// network it lags reachability; it is informative only.
+    pub fn state(&self) -> String {
+        format!("{:?}", self.0.status().state())
+    }
+}
+
+impl InboundStreams {
+    /// A handle on the service's state that lives independently of this stream.
+    pub fn status(&self) -> ServiceStatus {
+        ServiceStatus(self._service.clone())
+    }
+}
+
 impl Stream for InboundStreams {
     type Item = StreamRequest;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<StreamRequest>> {
@@ -146,6 +165,11 @@ impl OnionTransport {
         });
         let requests = tor_hsservice::handle_rend_requests(rend_requests);
         Ok((address, InboundStreams { _service: service, requests: Box::pin(requests) }))
+    }
+
+    /// arti's bootstrap status, in words.
+    pub fn bootstrap_status(&self) -> String {
+        self.client.bootstrap_status().to_string()
     }
 
     /// Opens a stream to `<domain>:port` (an onion domain), isolated per domain.

@@ -16,6 +16,7 @@ use crate::config::Settings;
 use crate::directory::{Directory, OnionSidePolicy};
 use crate::intake::{Intake, SmtpHandler};
 use crate::listener::{serve_tcp, SessionFactory};
+use crate::admin::Admin;
 use crate::bounce::DsnBouncer;
 use crate::connector::OutboundConnector;
 use crate::{control, layout, maildrop, onion};
@@ -89,17 +90,26 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     )
     .with_remote(remote);
     let intake = Arc::new(Intake::new(queue.clone(), directory.clone(), scheduler.waker()));
-    let scheduler = scheduler.with_bouncer(Arc::new(DsnBouncer {
-        intake: intake.clone(),
-        domain: directory.primary_domain().to_owned(),
-    }));
+    let bouncer = Arc::new(DsnBouncer { intake: intake.clone(), domain: directory.primary_domain().to_owned() });
+    let scheduler = scheduler.with_bouncer(bouncer.clone());
+    let service_status = Arc::new(OnceCell::new());
+    let admin = Arc::new(Admin {
+        queue: queue.clone(),
+        bouncer,
+        waker: Some(scheduler.waker()),
+        stats: Some(scheduler.stats()),
+        transport: onion_enabled.then(|| transport.clone()),
+        service: onion_enabled.then(|| service_status.clone()),
+        address: onion.clone(),
+        started: Some(std::time::Instant::now()),
+    });
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(scheduler.run(stop_rx.clone()));
     tasks.spawn(maildrop::run(settings.maildrop_dir(), intake.clone(), stop_rx.clone()));
     {
-        let (path, queue, stop) = (settings.control_socket(), queue.clone(), stop_rx.clone());
+        let (path, admin, stop) = (settings.control_socket(), admin.clone(), stop_rx.clone());
         tasks.spawn(async move {
-            if let Err(e) = control::serve(path, queue, stop).await {
+            if let Err(e) = control::serve(path, admin, stop).await {
                 error!(error = %e, "control socket failed");
             }
         });
@@ -118,7 +128,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         tasks.spawn(serve_tcp(listener, factory.clone(), stop_rx.clone()));
     }
     if onion_enabled {
-        tasks.spawn(onion::serve(settings.clone(), factory.clone(), transport.clone(), stop_rx.clone()));
+        tasks.spawn(onion::serve(
+            settings.clone(),
+            factory.clone(),
+            transport.clone(),
+            service_status.clone(),
+            stop_rx.clone(),
+        ));
     }
     info!("smtorp ready");
 

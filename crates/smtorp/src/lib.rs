@@ -2,6 +2,7 @@
 //! onion-side policy, listeners, the maildrop, `sendmail` and the daemon's wiring. The
 //! `smtorp` binary (main.rs) is a thin CLI over these modules.
 
+pub mod admin;
 pub mod bounce;
 pub mod config;
 pub mod connector;

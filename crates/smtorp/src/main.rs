@@ -3,6 +3,7 @@
 //! work. Invoked as `sendmail` (a symlink) it behaves as `smtorp sendmail`; as `mailq`, as
 //! `smtorp queue list`.
 
+use smtorp::admin::Request;
 use smtorp::{config, daemon, demo, directory, layout, onion, queue_cmd, sendmail};
 
 use std::path::PathBuf;
@@ -50,7 +51,10 @@ enum Command {
         #[arg(long)]
         keep: Option<PathBuf>,
     },
-    /// Inspect the queue (works with the daemon running or stopped).
+    /// Show the daemon's state: Tor and the onion service, queue sizes, deliveries since
+    /// start (works with the daemon running or stopped).
+    Status,
+    /// Inspect and manage the queue (works with the daemon running or stopped).
     Queue {
         #[command(subcommand)]
         command: QueueCommand,
@@ -62,6 +66,29 @@ enum QueueCommand {
     /// One line per queued message: id, age, size, sender, each recipient with its state,
     /// attempts and last error.
     List,
+    /// One message: its envelope, each recipient's state and last error, and its header.
+    Show {
+        /// The queue id (16 hex digits).
+        id: String,
+    },
+    /// Make a message (or every message with --all) due now.
+    Retry {
+        /// The queue id.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Every queued message.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Remove a message from the queue; its pending recipients are bounced to the sender
+    /// unless --silent.
+    Delete {
+        /// The queue id.
+        id: String,
+        /// Do not tell the sender.
+        #[arg(long)]
+        silent: bool,
+    },
 }
 
 fn init_logging(level: &str) {
@@ -162,9 +189,30 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             runtime.block_on(demo::run(keep))
         }
         Command::Sendmail { .. } => unreachable_sendmail(),
-        Command::Queue { command: QueueCommand::List } => {
-            let settings = load(cli.config.as_deref())?;
-            queue_cmd::list(&settings)
+        Command::Queue { command } => {
+            let settings = Arc::new(load(cli.config.as_deref())?);
+            let request = match command {
+                QueueCommand::List => Request::QueueList,
+                QueueCommand::Show { id } => {
+                    queue_cmd::check_id(&id)?;
+                    Request::QueueShow { id }
+                }
+                QueueCommand::Retry { id, .. } => {
+                    if let Some(id) = &id {
+                        queue_cmd::check_id(id)?;
+                    }
+                    Request::QueueRetry { id }
+                }
+                QueueCommand::Delete { id, silent } => {
+                    queue_cmd::check_id(&id)?;
+                    Request::QueueDelete { id, silent }
+                }
+            };
+            queue_cmd::print(queue_cmd::run(&settings, request)?)
+        }
+        Command::Status => {
+            let settings = Arc::new(load(cli.config.as_deref())?);
+            queue_cmd::print(queue_cmd::run(&settings, Request::Status)?)
         }
     }
 }

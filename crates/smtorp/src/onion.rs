@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use smtorp_onion::{OnionSettings, OnionTransport};
+use smtorp_onion::{OnionSettings, OnionTransport, ServiceStatus};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{watch, OnceCell, Semaphore};
 use tracing::{error, info, warn};
@@ -69,6 +69,7 @@ pub async fn serve(
     settings: Arc<Settings>,
     factory: Arc<SessionFactory<OnionSidePolicy>>,
     cell: Arc<OnceCell<Arc<OnionTransport>>>,
+    service: Arc<OnceCell<ServiceStatus>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let started = std::time::Instant::now();
@@ -97,6 +98,7 @@ pub async fn serve(
             return;
         }
     };
+    let _ = service.set(streams.status());
     info!(address = %address, seconds = started.elapsed().as_secs_f64(), "onion service launched (SMTP on port 25)");
     let slots = Arc::new(Semaphore::new(factory.max_sessions));
     let session_stop = shutdown.clone();

@@ -1,20 +1,40 @@
-//! `smtorp queue ...`: the queue commands, which work with the daemon running (through its
-//! control socket) or stopped (opening the queue directly).
+//! `smtorp queue ...` and `smtorp status`: they ask the running daemon over its control
+//! socket, or, when none runs, execute the same request on the store directly.
 
+use std::sync::Arc;
+
+use anyhow::bail;
 use smtorp_queue::{Envelope, RecipientState};
 
+use crate::admin::{Admin, Answer, Request, StatusReport};
+use crate::bounce::DsnBouncer;
 use crate::config::Settings;
-use crate::control::{self, Request};
-use crate::daemon;
+use crate::directory::Directory;
 use crate::headers::unix_now;
+use crate::intake::Intake;
+use crate::{control, daemon, layout};
 
-/// Every envelope: from the daemon if it runs, else from the store.
-fn envelopes(settings: &Settings) -> anyhow::Result<Vec<Envelope>> {
-    if let Some(list) = control::ask(&settings.control_socket(), &Request::QueueList)? {
-        return Ok(list);
+/// Runs `request` on the daemon, or on the store when no daemon answers.
+pub fn run(settings: &Arc<Settings>, request: Request) -> anyhow::Result<Answer> {
+    if let Some(answer) = control::ask(&settings.control_socket(), &request)? {
+        return Ok(answer);
     }
-    let queue = daemon::open_queue(settings)?;
-    Ok(queue.list()?)
+    let queue = Arc::new(daemon::open_queue(settings)?);
+    let address = layout::onion_address(settings);
+    let directory = Arc::new(Directory::new(settings.clone(), address.as_deref()));
+    let intake = Arc::new(Intake::new(queue.clone(), directory.clone(), Arc::new(tokio::sync::Notify::new())));
+    let admin = Admin {
+        queue,
+        bouncer: Arc::new(DsnBouncer { intake, domain: directory.primary_domain().to_owned() }),
+        waker: None,
+        stats: None,
+        transport: None,
+        service: None,
+        address,
+        started: None,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(admin.execute(request)).map_err(|e| anyhow::anyhow!(e))
 }
 
 /// "3m", "2h", "4d": a short age.
@@ -24,6 +44,14 @@ fn age(secs: u64) -> String {
         s if s < 7200 => format!("{}m", s / 60),
         s if s < 172_800 => format!("{}h", s / 3600),
         s => format!("{}d", s / 86400),
+    }
+}
+
+fn state(s: RecipientState) -> &'static str {
+    match s {
+        RecipientState::Pending => "pending",
+        RecipientState::Delivered => "delivered",
+        RecipientState::Failed => "failed",
     }
 }
 
@@ -38,16 +66,9 @@ pub fn format_line(env: &Envelope, now: u64) -> String {
     let recipients: Vec<String> = env
         .recipients
         .iter()
-        .map(|r| {
-            let state = match r.state {
-                RecipientState::Pending => "pending",
-                RecipientState::Delivered => "delivered",
-                RecipientState::Failed => "failed",
-            };
-            match &r.last_error {
-                Some(e) => format!("{} ({state}, {} attempts: {e})", r.address, r.attempts),
-                None => format!("{} ({state}, {} attempts)", r.address, r.attempts),
-            }
+        .map(|r| match &r.last_error {
+            Some(e) => format!("{} ({}, {} attempts: {e})", r.address, state(r.state), r.attempts),
+            None => format!("{} ({}, {} attempts)", r.address, state(r.state), r.attempts),
         })
         .collect();
     format!(
@@ -61,13 +82,67 @@ pub fn format_line(env: &Envelope, now: u64) -> String {
     )
 }
 
-/// Prints the queue.
-pub fn list(settings: &Settings) -> anyhow::Result<()> {
-    let envelopes = envelopes(settings)?;
+/// Prints an answer for a person.
+pub fn print(answer: Answer) -> anyhow::Result<()> {
     let now = unix_now();
-    for env in &envelopes {
-        println!("{}", format_line(env, now));
+    match answer {
+        Answer::Envelopes(list) => {
+            for env in &list {
+                println!("{}", format_line(env, now));
+            }
+            println!("-- {} message(s) in the queue", list.len());
+        }
+        Answer::Message { envelope, header } => {
+            println!("queue id:  {}", envelope.id);
+            println!("arrived:   {} ({} ago)", crate::headers::rfc5322_date(envelope.arrival), age(now.saturating_sub(envelope.arrival)));
+            println!("origin:    {:?}", envelope.origin);
+            println!("size:      {} bytes", envelope.size);
+            println!("sender:    <{}>", envelope.sender);
+            match envelope.next_due {
+                Some(t) if t > now => println!("next try:  in {}", age(t - now)),
+                Some(_) => println!("next try:  now"),
+                None => println!("next try:  none"),
+            }
+            for r in &envelope.recipients {
+                println!(
+                    "recipient: {} ({}, {} attempts){}",
+                    r.address,
+                    state(r.state),
+                    r.attempts,
+                    r.last_error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
+                );
+            }
+            println!();
+            print!("{}", header.replace("\r\n", "\n"));
+        }
+        Answer::Count(n) => println!("{n} message(s)"),
+        Answer::Status(s) => print_status(&s),
     }
-    println!("-- {} message(s) in the queue", envelopes.len());
+    Ok(())
+}
+
+fn print_status(s: &StatusReport) {
+    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    println!("daemon:           {}", if s.daemon_running { "running" } else { "not running" });
+    if let Some(up) = s.uptime_secs {
+        println!("uptime:           {}", age(up));
+    }
+    println!("onion address:    {}", opt(&s.onion_address));
+    if s.daemon_running {
+        println!("tor:              {}", opt(&s.tor));
+        println!("onion service:    {}", opt(&s.onion_service));
+    }
+    println!("queued messages:  {}", s.messages);
+    println!("recipients:       {} new, {} deferred", s.recipients_new, s.recipients_deferred);
+    if let (Some(d), Some(f), Some(r)) = (s.delivered_since_start, s.failed_since_start, s.deferred_since_start) {
+        println!("since start:      {d} delivered, {f} failed, {r} deferred attempts");
+    }
+}
+
+/// Checks a queue id argument early, with a clear message.
+pub fn check_id(id: &str) -> anyhow::Result<()> {
+    if id.len() != 16 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+        bail!("`{id}` is not a queue id (16 hex digits, as `smtorp queue list` shows)");
+    }
     Ok(())
 }

@@ -1,0 +1,207 @@
+//! The administrative commands (`smtorp queue list|show|retry|delete`, `smtorp status`) as
+//! one executor, used by the daemon behind its control socket and by the CLI directly when
+//! no daemon runs (sled lets only one process open the queue).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use smtorp_delivery::{Bouncer, FailedRecipient, FailureReport, Stats};
+use smtorp_onion::{OnionTransport, ServiceStatus};
+use smtorp_queue::{Envelope, Origin, Queue, QueueId, RecipientState};
+use tokio::sync::{Notify, OnceCell};
+use tracing::info;
+
+use crate::bounce::DsnBouncer;
+use crate::headers::{split_header, unix_now};
+
+/// A request (the JSON line sent over the control socket).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "kebab-case")]
+pub enum Request {
+    /// Every queued envelope.
+    QueueList,
+    /// One message: envelope and header.
+    QueueShow {
+        /// The queue id.
+        id: String,
+    },
+    /// Make one message (or all with `None`) due now.
+    QueueRetry {
+        /// The queue id, or `None` for every message.
+        id: Option<String>,
+    },
+    /// Remove a message, bouncing its pending recipients unless `silent`.
+    QueueDelete {
+        /// The queue id.
+        id: String,
+        /// No bounce.
+        silent: bool,
+    },
+    /// Daemon, onion and queue state.
+    Status,
+}
+
+/// A successful answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Answer {
+    /// For `QueueList`.
+    Envelopes(Vec<Envelope>),
+    /// For `QueueShow`.
+    Message {
+        /// The envelope.
+        envelope: Envelope,
+        /// The header section, as text.
+        header: String,
+    },
+    /// How many messages a retry or delete touched.
+    Count(usize),
+    /// For `Status`.
+    Status(StatusReport),
+}
+
+/// What `smtorp status` shows.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// True when a daemon answered.
+    pub daemon_running: bool,
+    /// Seconds since the daemon started.
+    pub uptime_secs: Option<u64>,
+    /// Our onion address, if any.
+    pub onion_address: Option<String>,
+    /// arti's bootstrap status, when the onion service is on.
+    pub tor: Option<String>,
+    /// arti's view of the onion service.
+    pub onion_service: Option<String>,
+    /// Messages in the queue.
+    pub messages: usize,
+    /// Recipients waiting for a first attempt.
+    pub recipients_new: usize,
+    /// Recipients deferred after a failed attempt.
+    pub recipients_deferred: usize,
+    /// Recipients delivered since start (daemon only).
+    pub delivered_since_start: Option<u64>,
+    /// Attempts deferred since start (daemon only).
+    pub deferred_since_start: Option<u64>,
+    /// Recipients failed since start (daemon only).
+    pub failed_since_start: Option<u64>,
+}
+
+/// Runs administrative requests against a queue.
+pub struct Admin {
+    /// The queue.
+    pub queue: Arc<Queue>,
+    /// Bounces for `queue delete`.
+    pub bouncer: Arc<DsnBouncer>,
+    /// Wakes the scheduler after a retry (daemon only).
+    pub waker: Option<Arc<Notify>>,
+    /// Delivery counters (daemon only).
+    pub stats: Option<Arc<Stats>>,
+    /// The Tor client, once bootstrapped (daemon only).
+    pub transport: Option<Arc<OnceCell<Arc<OnionTransport>>>>,
+    /// The onion service, once launched (daemon only).
+    pub service: Option<Arc<OnceCell<ServiceStatus>>>,
+    /// Our onion address.
+    pub address: Option<String>,
+    /// When the daemon started (daemon only).
+    pub started: Option<Instant>,
+}
+
+fn parse_id(text: &str) -> Result<QueueId, String> {
+    text.parse::<QueueId>().map_err(|e| e.to_string())
+}
+
+impl Admin {
+    fn envelope(&self, id: QueueId) -> Result<Envelope, String> {
+        self.queue
+            .envelope(id)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("no message {id} in the queue"))
+    }
+
+    /// Executes one request.
+    pub async fn execute(&self, request: Request) -> Result<Answer, String> {
+        match request {
+            Request::QueueList => self.queue.list().map(Answer::Envelopes).map_err(|e| e.to_string()),
+            Request::QueueShow { id } => {
+                let envelope = self.envelope(parse_id(&id)?)?;
+                let body = self.queue.body(envelope.id).map_err(|e| e.to_string())?.unwrap_or_default();
+                let header = String::from_utf8_lossy(split_header(&body).0).into_owned();
+                Ok(Answer::Message { envelope, header })
+            }
+            Request::QueueRetry { id } => {
+                let targets = match id {
+                    Some(id) => vec![self.envelope(parse_id(&id)?)?],
+                    None => self.queue.list().map_err(|e| e.to_string())?,
+                };
+                let now = unix_now();
+                let mut count = 0;
+                for mut envelope in targets.into_iter().filter(Envelope::has_pending) {
+                    envelope.next_due = Some(now);
+                    self.queue.update(&envelope).map_err(|e| e.to_string())?;
+                    count += 1;
+                }
+                self.queue.sync().await.map_err(|e| e.to_string())?;
+                if let Some(waker) = &self.waker {
+                    waker.notify_one();
+                }
+                info!(count, "queue retry: messages made due now");
+                Ok(Answer::Count(count))
+            }
+            Request::QueueDelete { id, silent } => {
+                let id = parse_id(&id)?;
+                let envelope = self.envelope(id)?;
+                let failed: Vec<FailedRecipient> = envelope
+                    .recipients
+                    .iter()
+                    .filter(|r| r.state == RecipientState::Pending)
+                    .map(|r| FailedRecipient {
+                        address: r.address.clone(),
+                        reason: "5.0.0 deleted from the queue by the administrator".into(),
+                    })
+                    .collect();
+                let bounce = !silent && !failed.is_empty() && !envelope.sender.is_empty()
+                    && envelope.origin != Origin::Bounce;
+                if bounce {
+                    let body = self.queue.body(id).map_err(|e| e.to_string())?.unwrap_or_default();
+                    let report = FailureReport { envelope: &envelope, failed: &failed, body: &body };
+                    self.bouncer.bounce(&report).await?;
+                }
+                let removed = self.queue.remove(id).map_err(|e| e.to_string())?;
+                self.queue.sync().await.map_err(|e| e.to_string())?;
+                info!(queue_id = %id, bounced = bounce, "deleted from the queue");
+                Ok(Answer::Count(usize::from(removed)))
+            }
+            Request::Status => Ok(Answer::Status(self.status())),
+        }
+    }
+
+    fn status(&self) -> StatusReport {
+        let list = self.queue.list().unwrap_or_default();
+        let pending = list.iter().flat_map(|e| &e.recipients).filter(|r| r.state == RecipientState::Pending);
+        let (new, deferred) = pending.fold((0, 0), |(n, d), r| if r.attempts == 0 { (n + 1, d) } else { (n, d + 1) });
+        let count = |f: fn(&Stats) -> &std::sync::atomic::AtomicU64| {
+            self.stats.as_ref().map(|s| f(s).load(std::sync::atomic::Ordering::Relaxed))
+        };
+        StatusReport {
+            daemon_running: self.started.is_some(),
+            uptime_secs: self.started.map(|s| s.elapsed().as_secs()),
+            onion_address: self.address.clone(),
+            tor: self.transport.as_ref().map(|cell| match cell.get() {
+                Some(t) => t.bootstrap_status(),
+                None => "not bootstrapped yet".into(),
+            }),
+            onion_service: self.service.as_ref().map(|cell| match cell.get() {
+                Some(s) => s.state(),
+                None => "not launched yet".into(),
+            }),
+            messages: list.len(),
+            recipients_new: new,
+            recipients_deferred: deferred,
+            delivered_since_start: count(|s| &s.delivered),
+            deferred_since_start: count(|s| &s.deferred),
+            failed_since_start: count(|s| &s.failed),
+        }
+    }
+}
