@@ -8,9 +8,9 @@ mod remote;
 mod scheduler;
 
 pub use local::deliver_to_maildir;
-pub use remote::{BoxedStream, ConnectError, ConnectFuture, Connector, PeerStream, RemoteDelivery};
+pub use remote::{BoxedStream, ConnectError, ConnectFuture, Connector, PeerStream, RemoteDelivery, RemoteResult, IDLE_TTL};
 pub use scheduler::{
-    BounceFuture, Bouncer, FailedRecipient, FailureReport, Outcome, Scheduler, SchedulerConfig, Stats,
+    BackoffReset, BounceFuture, Bouncer, FailedRecipient, FailureReport, Outcome, Scheduler, SchedulerConfig, Stats,
 };
 
 use std::path::PathBuf;

@@ -1,15 +1,21 @@
-//! The remote deliverer: one SMTP client session (with `mail-send`) to another onion domain,
+//! The remote deliverer: SMTP client sessions (with `mail-send`) to other onion domains,
 //! over whatever stream the [`Connector`] opens (an arti onion stream, or TCP for a static
 //! route), with a result per recipient.
+//!
+//! Every round trip over Tor crosses several relays, so the client pipelines MAIL, RCPT and
+//! DATA when the peer offers PIPELINING (RFC 2920), and keeps an idle session to a
+//! destination for [`IDLE_TTL`] to reuse it (RSET between messages) instead of building a
+//! new circuit and session for the next message.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use mail_send::SmtpClient;
-use smtp_proto::Response;
-use tokio::io::{AsyncRead, AsyncWrite};
+use smtp_proto::{EhloResponse, Response};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tracing::debug;
 
 use crate::scheduler::Outcome;
@@ -41,11 +47,33 @@ pub trait Connector: Send + Sync + 'static {
     fn connect<'a>(&'a self, domain: &'a str) -> ConnectFuture<'a>;
 }
 
-/// Remote SMTP delivery.
+/// How long an idle session to a destination is kept for the next message.
+pub const IDLE_TTL: Duration = Duration::from_secs(60);
+
+/// The result of one delivery to one destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteResult {
+    /// One outcome per recipient, in order.
+    pub outcomes: Vec<Outcome>,
+    /// False when the destination could not be reached at all (no stream, no greeting):
+    /// the scheduler then holds back other mail for it for a while.
+    pub reached: bool,
+}
+
+/// An open session, ready for MAIL FROM.
+struct Session {
+    client: SmtpClient<BoxedStream>,
+    ehlo: EhloResponse<String>,
+    idle_since: Instant,
+}
+
+/// Remote SMTP delivery with connection caching.
 pub struct RemoteDelivery {
     connector: Arc<dyn Connector>,
     helo: String,
     timeout: Duration,
+    idle: Mutex<HashMap<String, Vec<Session>>>,
+    connections: std::sync::atomic::AtomicU64,
 }
 
 /// The outcome of a reply: 2xx delivered, 4xx temporary, 5xx permanent.
@@ -64,7 +92,7 @@ fn outcome_of(domain: &str, stage: &str, reply: &Response<String>) -> Outcome {
     }
 }
 
-/// A mail-send error as a temporary outcome (I/O, timeouts, unparseable replies).
+/// A mail-send error as an outcome (I/O, timeouts, unparseable replies are temporary).
 fn failed(domain: &str, stage: &str, error: &mail_send::Error) -> Outcome {
     match error {
         mail_send::Error::UnexpectedReply(reply) => outcome_of(domain, stage, reply),
@@ -72,35 +100,154 @@ fn failed(domain: &str, stage: &str, error: &mail_send::Error) -> Outcome {
     }
 }
 
+/// The message with every line ending made CRLF: no bare CR or LF ever goes out.
+fn crlf(body: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let clean = body
+        .iter()
+        .enumerate()
+        .all(|(i, &b)| match b {
+            b'\r' => body.get(i + 1) == Some(&b'\n'),
+            b'\n' => i > 0 && body[i - 1] == b'\r',
+            _ => true,
+        });
+    if clean {
+        return std::borrow::Cow::Borrowed(body);
+    }
+    let mut out = Vec::with_capacity(body.len() + 64);
+    let mut i = 0;
+    while i < body.len() {
+        match body[i] {
+            b'\r' if body.get(i + 1) == Some(&b'\n') => {
+                out.extend_from_slice(b"\r\n");
+                i += 1;
+            }
+            b'\r' | b'\n' => out.extend_from_slice(b"\r\n"),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 impl RemoteDelivery {
     /// Delivers with `connector`, greeting peers as `helo` (our onion address), with
     /// `timeout` for each command.
     pub fn new(connector: Arc<dyn Connector>, helo: String, timeout: Duration) -> RemoteDelivery {
-        RemoteDelivery { connector, helo, timeout }
+        RemoteDelivery {
+            connector,
+            helo,
+            timeout,
+            idle: Mutex::new(HashMap::new()),
+            connections: std::sync::atomic::AtomicU64::new(0),
+        }
     }
 
-    /// One SMTP session to `domain`: MAIL FROM `sender`, one RCPT per recipient, DATA
-    /// `body` (CRLF line endings). Returns one outcome per recipient, in order.
-    pub async fn deliver(&self, domain: &str, sender: &str, recipients: &[String], body: &[u8]) -> Vec<Outcome> {
-        let all = |o: Outcome| vec![o; recipients.len()];
+    /// How many connections were opened so far (for tests and `status`).
+    pub fn connections_opened(&self) -> u64 {
+        self.connections.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// An idle session to `domain` that still answers RSET, if any.
+    async fn reuse(&self, domain: &str) -> Option<Session> {
+        loop {
+            let candidate = {
+                let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+                idle.get_mut(domain).and_then(Vec::pop)
+            }?;
+            if candidate.idle_since.elapsed() >= IDLE_TTL {
+                continue; // dropped: the peer sees the stream close
+            }
+            let mut session = candidate;
+            match session.client.rset().await {
+                Ok(()) => return Some(session),
+                Err(e) => debug!(domain, error = %e, "cached session is gone; opening a new one"),
+            }
+        }
+    }
+
+    /// A fresh session: connect, greeting, EHLO.
+    async fn open(&self, domain: &str) -> Result<Session, Outcome> {
         let stream = match self.connector.connect(domain).await {
             Ok(s) => s,
-            Err(e) if e.temporary => return all(Outcome::Temporary(e.message)),
-            Err(e) => return all(Outcome::Permanent(e.message)),
+            Err(e) if e.temporary => return Err(Outcome::Temporary(e.message)),
+            Err(e) => return Err(Outcome::Permanent(e.message)),
         };
+        self.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut client = SmtpClient { stream, timeout: self.timeout };
         let greeting = match tokio::time::timeout(self.timeout, client.read()).await {
             Ok(Ok(reply)) => reply,
-            Ok(Err(e)) => return all(failed(domain, "the connection", &e)),
-            Err(_) => return all(Outcome::Temporary(format!("{domain}: no greeting in time"))),
+            Ok(Err(e)) => return Err(failed(domain, "the connection", &e)),
+            Err(_) => return Err(Outcome::Temporary(format!("{domain}: no greeting in time"))),
         };
         if greeting.code != 220 {
-            return all(outcome_of(domain, "the connection", &greeting));
+            return Err(outcome_of(domain, "the connection", &greeting));
         }
-        let ehlo = match client.ehlo(&self.helo).await {
-            Ok(ehlo) => ehlo,
-            Err(e) => return all(failed(domain, "EHLO", &e)),
+        match client.ehlo(&self.helo).await {
+            Ok(ehlo) => Ok(Session { client, ehlo, idle_since: Instant::now() }),
+            Err(e) => Err(failed(domain, "EHLO", &e)),
+        }
+    }
+
+    /// Says QUIT to idle sessions older than [`IDLE_TTL`] and drops them.
+    pub async fn sweep(&self) {
+        let expired: Vec<Session> = {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            let mut out = Vec::new();
+            for sessions in idle.values_mut() {
+                let (old, keep): (Vec<Session>, Vec<Session>) =
+                    sessions.drain(..).partition(|s| s.idle_since.elapsed() >= IDLE_TTL);
+                *sessions = keep;
+                out.extend(old);
+            }
+            idle.retain(|_, v| !v.is_empty());
+            out
         };
+        for session in expired {
+            let _ = session.client.quit().await;
+        }
+    }
+
+    /// One transaction to `domain`: MAIL FROM `sender`, one RCPT per recipient, DATA `body`,
+    /// on a cached session when one is idle, else on a new one.
+    pub async fn deliver(&self, domain: &str, sender: &str, recipients: &[String], body: &[u8]) -> RemoteResult {
+        let all = |o: Outcome, reached| RemoteResult { outcomes: vec![o; recipients.len()], reached };
+        let mut session = match self.reuse(domain).await {
+            Some(s) => s,
+            None => match self.open(domain).await {
+                Ok(s) => s,
+                // A 4xx/5xx greeting or EHLO means we reached the peer; anything else not.
+                Err(o) => {
+                    let reached = matches!(&o, Outcome::Temporary(t) | Outcome::Permanent(t) if t.contains(" answered "));
+                    return all(o, reached);
+                }
+            },
+        };
+        let outcomes = match self.transaction(&mut session, domain, sender, recipients, body).await {
+            Ok(outcomes) => outcomes,
+            Err(o) => return all(o, true), // the session is broken: dropped, not cached
+        };
+        session.idle_since = Instant::now();
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(domain.to_owned())
+            .or_default()
+            .push(session);
+        RemoteResult { outcomes, reached: true }
+    }
+
+    /// MAIL, RCPT..., DATA on an open session; pipelined when the peer offers it. `Err` when
+    /// the session itself failed (every recipient gets that outcome).
+    async fn transaction(
+        &self,
+        session: &mut Session,
+        domain: &str,
+        sender: &str,
+        recipients: &[String],
+        body: &[u8],
+    ) -> Result<Vec<Outcome>, Outcome> {
+        let ehlo = &session.ehlo;
+        let client = &mut session.client;
         let mut mail = format!("MAIL FROM:<{sender}>");
         if body.iter().any(|b| *b >= 0x80) && ehlo.has_capability(smtp_proto::EXT_8BIT_MIME) {
             mail.push_str(" BODY=8BITMIME");
@@ -110,31 +257,96 @@ impl RemoteDelivery {
             mail.push_str(" SMTPUTF8");
         }
         mail.push_str("\r\n");
+        let rcpts: Vec<String> = recipients.iter().map(|r| format!("RCPT TO:<{r}>\r\n")).collect();
+        let body = crlf(body);
+
+        if ehlo.has_capability(smtp_proto::EXT_PIPELINING) {
+            // One round trip for the whole envelope (RFC 2920).
+            let mut commands = vec![mail];
+            commands.extend(rcpts);
+            commands.push("DATA\r\n".into());
+            let replies = client.cmds(commands.iter()).await.map_err(|e| failed(domain, "the envelope", &e))?;
+            let (mail_reply, rest) = replies.split_first().ok_or_else(|| Outcome::Temporary(format!("{domain}: no reply")))?;
+            let (data_reply, rcpt_replies) =
+                rest.split_last().ok_or_else(|| Outcome::Temporary(format!("{domain}: no reply")))?;
+            if mail_reply.code / 100 != 2 {
+                if data_reply.code == 354 {
+                    let _ = client.stream.write_all(b".\r\n").await;
+                    let _ = client.read().await;
+                }
+                return Err(outcome_of(domain, "MAIL FROM", mail_reply));
+            }
+            let mut outcomes: Vec<Outcome> = rcpt_replies.iter().map(|r| outcome_of(domain, "RCPT TO", r)).collect();
+            let accepted = outcomes.iter().any(|o| *o == Outcome::Delivered);
+            if data_reply.code != 354 {
+                if accepted {
+                    let o = outcome_of(domain, "DATA", data_reply);
+                    for x in outcomes.iter_mut().filter(|x| **x == Outcome::Delivered) {
+                        *x = o.clone();
+                    }
+                }
+                return Ok(outcomes);
+            }
+            if !accepted {
+                // 354 with no recipient: end an empty message; nothing is delivered.
+                let _ = client.stream.write_all(b".\r\n").await;
+                let _ = client.read().await;
+                return Ok(outcomes);
+            }
+            let finished = tokio::time::timeout(self.timeout * 2, async {
+                client.write_message(&body).await.map_err(mail_send::Error::from)?;
+                client.read().await
+            })
+            .await;
+            let data = match finished {
+                Ok(Ok(reply)) => outcome_of(domain, "DATA", &reply),
+                Ok(Err(e)) => return Err(failed(domain, "DATA", &e)),
+                Err(_) => return Err(Outcome::Temporary(format!("{domain}: no reply to the end of DATA in time"))),
+            };
+            for x in outcomes.iter_mut().filter(|x| **x == Outcome::Delivered) {
+                *x = data.clone();
+            }
+            return Ok(outcomes);
+        }
+
+        // Without PIPELINING: one command at a time.
         match client.cmd(mail.as_bytes()).await {
             Ok(reply) if reply.code / 100 == 2 => {}
-            Ok(reply) => return all(outcome_of(domain, "MAIL FROM", &reply)),
-            Err(e) => return all(failed(domain, "MAIL FROM", &e)),
+            Ok(reply) => return Err(outcome_of(domain, "MAIL FROM", &reply)),
+            Err(e) => return Err(failed(domain, "MAIL FROM", &e)),
         }
         let mut outcomes = Vec::with_capacity(recipients.len());
-        for rcpt in recipients {
-            let outcome = match client.cmd(format!("RCPT TO:<{rcpt}>\r\n").as_bytes()).await {
-                Ok(reply) => outcome_of(domain, "RCPT TO", &reply),
-                Err(e) => return all(failed(domain, "RCPT TO", &e)),
-            };
-            outcomes.push(outcome);
+        for rcpt in &rcpts {
+            match client.cmd(rcpt.as_bytes()).await {
+                Ok(reply) => outcomes.push(outcome_of(domain, "RCPT TO", &reply)),
+                Err(e) => return Err(failed(domain, "RCPT TO", &e)),
+            }
         }
         if outcomes.iter().any(|o| *o == Outcome::Delivered) {
-            let data = match client.data(body).await {
+            let data = match client.data(&*body).await {
                 Ok(reply) => outcome_of(domain, "DATA", &reply),
-                Err(e) => failed(domain, "DATA", &e),
+                Err(mail_send::Error::UnexpectedReply(reply)) => outcome_of(domain, "DATA", &reply),
+                Err(e) => return Err(failed(domain, "DATA", &e)),
             };
             for o in outcomes.iter_mut().filter(|o| **o == Outcome::Delivered) {
                 *o = data.clone();
             }
+        } else {
+            // Nobody accepted: leave the session clean for the next message.
+            let _ = client.rset().await;
         }
-        if let Err(e) = client.quit().await {
-            debug!(domain, error = %e, "QUIT failed (delivery results stand)");
-        }
-        outcomes
+        Ok(outcomes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_endings_are_made_crlf() {
+        assert_eq!(&*crlf(b"a\r\nb\r\n"), b"a\r\nb\r\n");
+        assert!(matches!(crlf(b"a\r\nb\r\n"), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(&*crlf(b"a\nb\rc\r\n"), b"a\r\nb\r\nc\r\n");
     }
 }

@@ -5,7 +5,7 @@
 //! Like Postfix's queue manager, it keeps a small active set in memory (the messages being
 //! delivered now) over the unbounded set on disk; the next retry time lives with the message.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use smtorp_maildir::Delivered;
 use smtorp_queue::{Envelope, Origin, Queue, QueueId, RecipientState};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
@@ -44,6 +44,9 @@ pub enum Outcome {
     Temporary(String),
     /// Never try again; the text says why.
     Permanent(String),
+    /// Not tried: the destination is known to be down until the given time (Unix seconds);
+    /// the attempt is not counted and the message waits with the destination.
+    Waiting(String, u64),
 }
 
 /// Counters since start, for `smtorp status` and the logs.
@@ -67,7 +70,37 @@ pub struct Scheduler {
     active: Arc<Mutex<HashSet<QueueId>>>,
     remote: Option<Arc<RemoteDelivery>>,
     bouncer: Option<Arc<dyn Bouncer>>,
+    destinations: Arc<Mutex<HashMap<String, Destination>>>,
 }
+
+/// A handle that clears every destination's back-off (for `smtorp queue retry`).
+#[derive(Clone)]
+pub struct BackoffReset(Arc<Mutex<HashMap<String, Destination>>>);
+
+impl BackoffReset {
+    /// Forgets that any destination was down.
+    pub fn reset(&self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+}
+
+/// What the scheduler knows about a remote destination (Postfix keeps the same per-site
+/// state): while it is down, its other messages wait with it instead of each paying a
+/// connect timeout.
+#[derive(Debug)]
+struct Destination {
+    /// Sessions to it at once.
+    slots: Arc<Semaphore>,
+    /// Consecutive failures to reach it.
+    failures: u32,
+    /// Not tried again before this time (Unix seconds).
+    down_until: u64,
+    /// Why it is down.
+    reason: String,
+}
+
+/// Sessions to one destination at once.
+const SESSIONS_PER_DESTINATION: usize = 4;
 
 /// A recipient that failed for good in this attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,6 +156,7 @@ impl Scheduler {
             active: Arc::new(Mutex::new(HashSet::new())),
             remote: None,
             bouncer: None,
+            destinations: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -143,6 +177,11 @@ impl Scheduler {
         self.wake.clone()
     }
 
+    /// A handle to clear the destinations' back-off.
+    pub fn backoff_reset(&self) -> BackoffReset {
+        BackoffReset(self.destinations.clone())
+    }
+
     /// The counters.
     pub fn stats(&self) -> Arc<Stats> {
         self.stats.clone()
@@ -152,9 +191,17 @@ impl Scheduler {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let this = Arc::new(self);
         let mut tasks = JoinSet::new();
+        let mut last_sweep = std::time::Instant::now();
         loop {
             if *shutdown.borrow() {
                 break;
+            }
+            if last_sweep.elapsed() >= Duration::from_secs(15) {
+                last_sweep = std::time::Instant::now();
+                if let Some(remote) = this.remote.clone() {
+                    // QUIT idle cached sessions; detached so a slow peer delays nothing.
+                    tokio::spawn(async move { remote.sweep().await });
+                }
             }
             let mut full = false;
             match this.queue.due(unix_now(), DUE_BATCH.max(this.config.concurrency * 2)) {
@@ -213,6 +260,7 @@ impl Scheduler {
             .collect();
         // Local recipients one by one; remote ones in one session per destination domain.
         let mut remote: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        let mut held_until = 0u64;
         for &index in &pending {
             let outcome = match self.router.route(&envelope.recipients[index].address) {
                 Route::Local { maildir, user } => self.deliver_local(&envelope, index, maildir, user, body.clone()).await,
@@ -229,15 +277,18 @@ impl Scheduler {
                 Some(remote) => {
                     let rcpts: Vec<String> =
                         indices.iter().map(|&i| envelope.recipients[i].address.clone()).collect();
-                    remote.deliver(&domain, &envelope.sender, &rcpts, &body).await
+                    self.deliver_remote(remote, &domain, &envelope.sender, &rcpts, &body).await
                 }
                 None => vec![Outcome::Temporary(format!("no outbound transport for {domain} (onion service off and no static route)")); indices.len()],
             };
             for (index, outcome) in indices.into_iter().zip(outcomes) {
+                if let Outcome::Waiting(_, until) = &outcome {
+                    held_until = held_until.max(*until);
+                }
                 self.record(&mut envelope, index, outcome);
             }
         }
-        self.reschedule(&mut envelope, unix_now());
+        self.reschedule(&mut envelope, unix_now(), held_until);
         let failed: Vec<FailedRecipient> = envelope
             .recipients
             .iter()
@@ -271,7 +322,7 @@ impl Scheduler {
 
     /// Sets the next due time of a message that still has pending recipients, or expires
     /// them once the message is older than `max_lifetime`.
-    fn reschedule(&self, envelope: &mut Envelope, now: u64) {
+    fn reschedule(&self, envelope: &mut Envelope, now: u64, held_until: u64) {
         if !envelope.has_pending() {
             envelope.next_due = None;
             return;
@@ -288,7 +339,17 @@ impl Scheduler {
             envelope.next_due = None;
             return;
         }
-        envelope.next_due = Some(now + self.retry_delay(envelope).as_secs());
+        let retried = envelope
+            .recipients
+            .iter()
+            .any(|r| r.state == RecipientState::Pending && r.last_error.is_some() && r.attempts > 0);
+        let normal = now + self.retry_delay(envelope).as_secs();
+        envelope.next_due = Some(match (held_until > now, retried) {
+            // Waiting only for a destination that is down: try when it may be back.
+            (true, false) => held_until.min(envelope.arrival + self.config.max_lifetime.as_secs()),
+            (true, true) => normal.min(held_until),
+            (false, _) => normal,
+        });
     }
 
     /// The wait before the next attempt: `retry_after[attempts - 1]`, the last one repeating.
@@ -309,6 +370,59 @@ impl Scheduler {
             .unwrap_or(Duration::from_secs(300))
     }
 
+    /// Delivers to one destination, honouring its back-off and session limit, and updates
+    /// what we know about it.
+    async fn deliver_remote(
+        &self,
+        remote: &RemoteDelivery,
+        domain: &str,
+        sender: &str,
+        rcpts: &[String],
+        body: &[u8],
+    ) -> Vec<Outcome> {
+        let now = unix_now();
+        let slots = {
+            let mut map = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
+            let dest = map.entry(domain.to_owned()).or_insert_with(|| Destination {
+                slots: Arc::new(Semaphore::new(SESSIONS_PER_DESTINATION)),
+                failures: 0,
+                down_until: 0,
+                reason: String::new(),
+            });
+            if dest.down_until > now {
+                let why = format!("{domain} is unreachable, next try in {} s: {}", dest.down_until - now, dest.reason);
+                return vec![Outcome::Waiting(why, dest.down_until); rcpts.len()];
+            }
+            dest.slots.clone()
+        };
+        let Ok(_permit) = slots.acquire_owned().await else {
+            return vec![Outcome::Temporary("scheduler is stopping".into()); rcpts.len()];
+        };
+        let result = remote.deliver(domain, sender, rcpts, body).await;
+        let mut map = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(dest) = map.get_mut(domain) {
+            if result.reached {
+                dest.failures = 0;
+                dest.down_until = 0;
+            } else {
+                dest.failures = dest.failures.saturating_add(1);
+                let steps = &self.config.retry_after;
+                let wait = steps
+                    .get(dest.failures as usize - 1)
+                    .or(steps.last())
+                    .copied()
+                    .unwrap_or(Duration::from_secs(60));
+                dest.down_until = unix_now() + wait.as_secs();
+                dest.reason = match result.outcomes.first() {
+                    Some(Outcome::Temporary(t) | Outcome::Permanent(t) | Outcome::Waiting(t, _)) => t.clone(),
+                    _ => String::new(),
+                };
+                info!(domain, failures = dest.failures, wait_secs = wait.as_secs(), "destination unreachable; holding its mail");
+            }
+        }
+        result.outcomes
+    }
+
     /// Records one attempt's outcome on the envelope.
     fn record(&self, envelope: &mut Envelope, index: usize, outcome: Outcome) {
         let id = envelope.id;
@@ -325,6 +439,12 @@ impl Scheduler {
             Outcome::Temporary(why) => {
                 self.stats.deferred.fetch_add(1, Ordering::Relaxed);
                 warn!(queue_id = %id, attempt = rcpt.attempts, reason = %why, "deferred");
+                rcpt.last_error = Some(why);
+            }
+            Outcome::Waiting(why, _) => {
+                // Not an attempt: undo the count.
+                rcpt.attempts = rcpt.attempts.saturating_sub(1);
+                debug!(queue_id = %id, reason = %why, "waiting for the destination");
                 rcpt.last_error = Some(why);
             }
             Outcome::Permanent(why) => {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use smtorp_delivery::{Bouncer, FailedRecipient, FailureReport, Stats};
+use smtorp_delivery::{BackoffReset, Bouncer, FailedRecipient, FailureReport, Stats};
 use smtorp_onion::{OnionTransport, ServiceStatus};
 use smtorp_queue::{Envelope, Origin, Queue, QueueId, RecipientState};
 use tokio::sync::{Notify, OnceCell};
@@ -96,6 +96,8 @@ pub struct Admin {
     pub bouncer: Arc<DsnBouncer>,
     /// Wakes the scheduler after a retry (daemon only).
     pub waker: Option<Arc<Notify>>,
+    /// Clears the destinations' back-off on a retry (daemon only).
+    pub backoff: Option<BackoffReset>,
     /// Delivery counters (daemon only).
     pub stats: Option<Arc<Stats>>,
     /// The Tor client, once bootstrapped (daemon only).
@@ -143,6 +145,9 @@ impl Admin {
                     count += 1;
                 }
                 self.queue.sync().await.map_err(|e| e.to_string())?;
+                if let Some(backoff) = &self.backoff {
+                    backoff.reset();
+                }
                 if let Some(waker) = &self.waker {
                     waker.notify_one();
                 }

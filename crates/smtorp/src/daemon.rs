@@ -97,6 +97,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         queue: queue.clone(),
         bouncer,
         waker: Some(scheduler.waker()),
+        backoff: Some(scheduler.backoff_reset()),
         stats: Some(scheduler.stats()),
         transport: onion_enabled.then(|| transport.clone()),
         service: onion_enabled.then(|| service_status.clone()),

@@ -27,6 +27,7 @@ pub fn run(settings: &Arc<Settings>, request: Request) -> anyhow::Result<Answer>
         queue,
         bouncer: Arc::new(DsnBouncer { intake, domain: directory.primary_domain().to_owned() }),
         waker: None,
+        backoff: None,
         stats: None,
         transport: None,
         service: None,
