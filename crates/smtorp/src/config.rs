@@ -187,11 +187,23 @@ pub struct PrivacyConfig {
     pub add_date: bool,
     /// Add `Message-ID <random@our domain>` to submitted mail that lacks one.
     pub add_message_id: bool,
+    /// Rewrite a `Date` in a local time zone to the same instant in UTC (`+0000`).
+    pub rewrite_date_to_utc: bool,
+    /// Header fields removed from submitted mail (names, case-insensitive).
+    pub strip_headers: Vec<String>,
 }
 
 impl Default for PrivacyConfig {
     fn default() -> Self {
-        PrivacyConfig { add_date: true, add_message_id: true }
+        PrivacyConfig {
+            add_date: true,
+            add_message_id: true,
+            rewrite_date_to_utc: true,
+            strip_headers: ["User-Agent", "X-Mailer", "X-Originating-IP", "Received"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        }
     }
 }
 

@@ -59,9 +59,6 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     } else {
         layout::onion_address(&settings)
     };
-    if !settings.config.submission.listen.is_empty() {
-        info!("[submission] is not served by this version yet; local programs use `smtorp sendmail`");
-    }
     let directory = Arc::new(Directory::new(settings.clone(), onion.as_deref()));
     info!(domain = %directory.primary_domain(), queued = queue.len(), "smtorp starting");
 
@@ -128,6 +125,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {addr} ([smtp] listen)"))?;
         tasks.spawn(serve_tcp(listener, factory.clone(), stop_rx.clone()));
     }
+    // The submission port (STARTTLS + AUTH), bound before "ready" too.
+    crate::submission::spawn(&settings, &directory, &intake, &mut tasks, &stop_rx).await?;
     if onion_enabled {
         tasks.spawn(onion::serve(
             settings.clone(),

@@ -81,7 +81,7 @@ impl Directory {
 pub struct OnionSidePolicy(pub Arc<Directory>);
 
 impl Policy for OnionSidePolicy {
-    fn check_sender(&self, _sender: Option<&Address>) -> Result<(), Reply> {
+    fn check_sender(&self, _sender: Option<&Address>, _auth_user: Option<&str>) -> Result<(), Reply> {
         // Any syntactically valid sender (the engine checked it, including onion checksums).
         Ok(())
     }

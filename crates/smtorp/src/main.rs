@@ -32,6 +32,15 @@ enum Command {
     Init,
     /// Print our onion address (creates the key if there is none yet).
     Address,
+    /// Set the submission-port password of a local user (read from stdin: one line), or
+    /// delete it with --delete.
+    Passwd {
+        /// Remove the user's password instead.
+        #[arg(long)]
+        delete: bool,
+        /// A user in [local] users.
+        user: String,
+    },
     /// Run the mail server in the foreground (logs to stderr).
     Run,
     /// Check the configuration file and print the settings in force.
@@ -148,7 +157,11 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                     settings.arti_state_dir().join("keystore").display()
                 );
             }
-            Ok(())
+            smtorp::tls::init(&settings)
+        }
+        Command::Passwd { delete, user } => {
+            let settings = load(cli.config.as_deref())?;
+            smtorp::passwd::command(&settings, &user, delete)
         }
         Command::Address => {
             let settings = load(cli.config.as_deref())?;
@@ -179,6 +192,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             println!("local domains = {:?}", settings.local_domains());
             println!("local users = {:?}", settings.config.local.users);
             println!("smtp listen = {:?}", settings.smtp_listen);
+            smtorp::tls::describe(&settings);
             Ok(())
         }
         Command::Demo { keep } => {

@@ -1,6 +1,7 @@
 //! `smtorp sendmail`: the sendmail-compatible command local programs (mutt, cron, scripts)
-//! submit with. It checks the recipients at once, completes the header (From, Date in UTC,
-//! Message-ID) and writes the message into the maildrop; it works whether or not the daemon
+//! submit with. It checks the recipients at once, applies the privacy hygiene of submitted
+//! mail (crate::privacy: strips client fields, Date in UTC, From, Message-ID) and writes the
+//! message into the maildrop; it works whether or not the daemon
 //! runs and needs no socket.
 //!
 //! Supported: recipients as arguments, `-t` (recipients from To/Cc/Bcc; Bcc is removed),
@@ -179,38 +180,7 @@ fn login_name() -> String {
         .unwrap_or_else(|| "root".into())
 }
 
-/// Adds what submitted mail lacks: From, Date (UTC), Message-ID; as configured in
-/// `[privacy]`.
-pub fn complete_header(message: &[u8], sender: &str, domain: &str, privacy: &PrivacyConfig) -> Vec<u8> {
-    let (header, _) = headers::split_header(message);
-    let mut added = String::new();
-    if !headers::has_field(header, "from") && !sender.is_empty() {
-        added.push_str(&format!("From: <{sender}>\r\n"));
-    }
-    if privacy.add_date && !headers::has_field(header, "date") {
-        added.push_str(&format!("Date: {}\r\n", headers::rfc5322_date(headers::unix_now())));
-    }
-    if privacy.add_message_id && !headers::has_field(header, "message-id") {
-        added.push_str(&format!("Message-ID: {}\r\n", headers::message_id(domain)));
-    }
-    let mut out = Vec::with_capacity(added.len() + message.len() + 2);
-    out.extend_from_slice(added.as_bytes());
-    if !added.is_empty() && !message.starts_with(b"\r\n") && !starts_with_field(message) {
-        // No header at all: the whole input is body, so end our header first.
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(message);
-    out
-}
-
-/// True if the first line is a header field (`name:` with printable name characters).
-fn starts_with_field(message: &[u8]) -> bool {
-    let name_len = message
-        .iter()
-        .position(|&b| !(33..=126).contains(&b) || b == b':')
-        .unwrap_or(message.len());
-    name_len > 0 && message.get(name_len) == Some(&b':')
-}
+pub use crate::privacy::complete_header;
 
 /// The whole command: parse, read stdin, check, complete, write to the maildrop.
 pub fn run(
@@ -249,7 +219,7 @@ pub fn run(
     if !sender.is_empty() {
         Address::parse(&sender, true).map_err(|e| fail(exit::DATAERR, format!("sender {sender}: {e}")))?;
     }
-    let message = complete_header(&message, &sender, directory.primary_domain(), privacy);
+    let message = crate::privacy::clean_submitted(&message, &sender, directory.primary_domain(), privacy);
     maildrop::write(maildrop_dir, &DropEnvelope { sender, recipients }, &message)
         .map_err(|e| fail(exit::CANTCREAT, format!("cannot write to the maildrop {}: {e}", maildrop_dir.display())))
 }

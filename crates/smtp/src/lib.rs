@@ -14,5 +14,5 @@ mod test_support;
 
 pub use address::{Address, AddressError};
 pub use reply::Reply;
-pub use server::{serve, Handler};
-pub use session::{Policy, Session, SessionConfig, Step, Transaction};
+pub use server::{serve, serve_submission, Handler, MaybeTls};
+pub use session::{Credentials, Policy, Session, SessionConfig, SessionKind, Step, Transaction};

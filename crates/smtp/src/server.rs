@@ -1,16 +1,22 @@
-//! The thin async driver: runs a [`Session`] over any `AsyncRead + AsyncWrite` stream.
+//! The thin async driver: runs a [`Session`] over any `AsyncRead + AsyncWrite` stream
+//! ([`serve`]), or over a stream that may turn into TLS at STARTTLS ([`serve_submission`]).
 
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
 
 use crate::reply::Reply;
-use crate::session::{Policy, Session, Step, Transaction};
+use crate::session::{Credentials, Policy, Session, Step, Transaction};
 
 /// Size of the read buffer: one read never adds more than this to the session's input.
 const READ_BUFFER: usize = 8 * 1024;
 
-/// Where finished transactions go (the binary's one enqueue function).
+/// Where finished transactions go (the binary's one enqueue function), and who checks AUTH
+/// credentials on the submission port.
 pub trait Handler: Send + Sync {
     /// Makes the transaction durable and returns its queue id, or the reply to give
     /// (451 4.3.0 on a store error). Must not return before the message is on stable storage.
@@ -18,14 +24,123 @@ pub trait Handler: Send + Sync {
         &self,
         transaction: Transaction,
     ) -> impl Future<Output = Result<String, Reply>> + Send;
+
+    /// Checks AUTH credentials: the user name the session will know the client by, or the
+    /// reply to give (535 5.7.8). Never log the password. The default refuses everyone (the
+    /// onion side offers no AUTH anyway).
+    fn authenticate(
+        &self,
+        credentials: Credentials,
+    ) -> impl Future<Output = Result<String, Reply>> + Send {
+        drop(credentials);
+        std::future::ready(Err(Reply::new(
+            535,
+            [5, 7, 8],
+            "Authentication credentials invalid",
+        )))
+    }
+}
+
+/// A stream that is plain until STARTTLS and TLS after it.
+#[derive(Debug)]
+pub enum MaybeTls<S> {
+    /// Before STARTTLS (and always on the onion side).
+    Plain(S),
+    /// After a successful STARTTLS handshake.
+    Tls(Box<TlsStream<S>>),
+    /// During the handshake (reads and writes fail).
+    Upgrading,
+}
+
+fn upgrading() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::NotConnected, "TLS handshake in progress")
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for MaybeTls<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            MaybeTls::Tls(s) => Pin::new(s).poll_read(cx, buf),
+            MaybeTls::Upgrading => Poll::Ready(Err(upgrading())),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for MaybeTls<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            MaybeTls::Tls(s) => Pin::new(s).poll_write(cx, buf),
+            MaybeTls::Upgrading => Poll::Ready(Err(upgrading())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_flush(cx),
+            MaybeTls::Tls(s) => Pin::new(s).poll_flush(cx),
+            MaybeTls::Upgrading => Poll::Ready(Err(upgrading())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            MaybeTls::Tls(s) => Pin::new(s).poll_shutdown(cx),
+            MaybeTls::Upgrading => Poll::Ready(Err(upgrading())),
+        }
+    }
 }
 
 /// Runs `session` over `stream` until QUIT, an error limit, a timeout, EOF or `shutdown`
 /// resolving. I/O errors end the session quietly (they are returned for logging).
 pub async fn serve<S, P, H>(
-    mut stream: S,
+    stream: S,
+    session: Session<P>,
+    handler: &H,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    P: Policy,
+    H: Handler,
+{
+    drive(MaybeTls::Plain(stream), session, handler, None, shutdown).await
+}
+
+/// [`serve`] for the submission port: the session (configured with
+/// `SessionKind::Submission`) may ask for STARTTLS, which `tls` answers, and for AUTH, which
+/// [`Handler::authenticate`] answers; a failed AUTH is answered only after
+/// [`Session::auth_failure_delay`].
+pub async fn serve_submission<S, P, H>(
+    stream: S,
+    session: Session<P>,
+    handler: &H,
+    tls: &TlsAcceptor,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    P: Policy,
+    H: Handler,
+{
+    drive(MaybeTls::Plain(stream), session, handler, Some(tls), shutdown).await
+}
+
+/// The loop behind [`serve`] and [`serve_submission`].
+async fn drive<S, P, H>(
+    mut stream: MaybeTls<S>,
     mut session: Session<P>,
     handler: &H,
+    tls: Option<&TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()>
 where
@@ -62,6 +177,40 @@ where
                 // Never raced against shutdown: an enqueue always runs to completion.
                 let outcome = handler.enqueue(transaction).await;
                 session.enqueued(outcome);
+            }
+            Step::StartTls => {
+                write_output(&mut stream, &mut session).await?;
+                let (Some(acceptor), MaybeTls::Plain(plain)) =
+                    (tls, std::mem::replace(&mut stream, MaybeTls::Upgrading))
+                else {
+                    // Cannot happen: only submission sessions (which have TLS) say StartTls.
+                    return Err(std::io::Error::other("STARTTLS without TLS configuration"));
+                };
+                let handshake = acceptor.accept(plain);
+                match tokio::time::timeout(session.timeout(), handshake).await {
+                    Ok(Ok(tls_stream)) => {
+                        stream = MaybeTls::Tls(Box::new(tls_stream));
+                        session.tls_started();
+                    }
+                    Ok(Err(error)) => {
+                        tracing::debug!(%error, "TLS handshake failed");
+                        return Err(error);
+                    }
+                    Err(_elapsed) => {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "TLS handshake timed out",
+                        ))
+                    }
+                }
+            }
+            Step::Authenticate(credentials) => {
+                // Never raced against shutdown, like an enqueue.
+                let outcome = handler.authenticate(credentials).await;
+                if outcome.is_err() {
+                    tokio::time::sleep(session.auth_failure_delay()).await;
+                }
+                session.authenticated(outcome);
             }
             Step::Close => {
                 write_output(&mut stream, &mut session).await?;
@@ -226,6 +375,7 @@ mod tests {
                 sender: "carol@example.org".into(),
                 recipients: vec![format!("alice@{}", *DOMAIN)],
                 data: b"Subject: test\r\n\r\n.dot\r\n".to_vec(),
+                auth_user: None,
             }]
         );
     }
@@ -313,6 +463,118 @@ mod tests {
         assert!(handler.got.lock().unwrap().is_empty());
     }
 
+    /// A TLS acceptor and a matching client config for `DOMAIN`.
+    fn tls_pair() -> (TlsAcceptor, tokio_rustls::TlsConnector) {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let key = rcgen::generate_simple_self_signed(vec![DOMAIN.clone()]).unwrap();
+        let cert = key.cert.der().clone();
+        let private = rustls::pki_types::PrivateKeyDer::Pkcs8(
+            key.signing_key.serialize_der().into(),
+        );
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], private)
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        (
+            TlsAcceptor::from(Arc::new(server)),
+            tokio_rustls::TlsConnector::from(Arc::new(client)),
+        )
+    }
+
+    /// Accepts alice/secret.
+    struct AuthHandler;
+
+    impl Handler for AuthHandler {
+        async fn enqueue(&self, transaction: Transaction) -> Result<String, Reply> {
+            assert_eq!(transaction.auth_user.as_deref(), Some("alice"));
+            Ok("S1".into())
+        }
+
+        async fn authenticate(&self, c: Credentials) -> Result<String, Reply> {
+            if c.user == "alice" && c.password == "secret" {
+                Ok("alice".into())
+            } else {
+                Err(Reply::new(535, [5, 7, 8], "Authentication credentials invalid"))
+            }
+        }
+    }
+
+    async fn read_reply<R: tokio::io::AsyncBufRead + Unpin>(io: &mut R) -> String {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            let n = tokio::time::timeout(Duration::from_secs(10), io.read_line(&mut line))
+                .await
+                .expect("reply timeout")
+                .unwrap();
+            all.push_str(&line);
+            if n == 0 || line.as_bytes().get(3) != Some(&b'-') {
+                return all;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn submission_over_real_tls_ignores_injected_plaintext() {
+        let (acceptor, connector) = tls_pair();
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let cfg = SessionConfig {
+            kind: crate::session::SessionKind::Submission,
+            auth_failure_delay: Duration::from_millis(10),
+            ..config()
+        };
+        let task = tokio::spawn(async move {
+            let session = Session::new(cfg, TestPolicy);
+            serve_submission(server, session, &AuthHandler, &acceptor, std::future::pending())
+                .await
+        });
+        let mut plain = BufReader::new(client);
+        assert!(read_reply(&mut plain).await.starts_with("220 "));
+        plain.get_mut().write_all(b"EHLO c\r\n").await.unwrap();
+        assert!(read_reply(&mut plain).await.contains("250-STARTTLS\r\n"));
+        // Pipelined plaintext after STARTTLS: must never be executed.
+        plain
+            .get_mut()
+            .write_all(b"STARTTLS\r\nEHLO evil\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n")
+            .await
+            .unwrap();
+        assert_eq!(read_reply(&mut plain).await, "220 2.0.0 Ready to start TLS\r\n");
+        let name = rustls::pki_types::ServerName::try_from(DOMAIN.clone()).unwrap();
+        let tls = connector.connect(name, plain.into_inner()).await.unwrap();
+        let mut c = BufReader::new(tls);
+        // The first thing said inside TLS is the reply to our own EHLO.
+        c.get_mut().write_all(b"MAIL FROM:<alice@x.example>\r\n").await.unwrap();
+        assert!(read_reply(&mut c).await.starts_with("503 5.5.1"));
+        c.get_mut().write_all(b"EHLO c\r\n").await.unwrap();
+        let ehlo = read_reply(&mut c).await;
+        assert!(ehlo.contains("250-AUTH PLAIN LOGIN\r\n") && !ehlo.contains("STARTTLS"));
+        c.get_mut().write_all(b"AUTH PLAIN AGFsaWNlAHdyb25n\r\n").await.unwrap();
+        assert!(read_reply(&mut c).await.starts_with("535 5.7.8"));
+        c.get_mut().write_all(b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n").await.unwrap();
+        assert!(read_reply(&mut c).await.starts_with("235 2.7.0"));
+        let d = &*DOMAIN;
+        c.get_mut()
+            .write_all(format!("MAIL FROM:<alice@{d}>\r\nRCPT TO:<bob@{d}>\r\nDATA\r\n").as_bytes())
+            .await
+            .unwrap();
+        assert!(read_reply(&mut c).await.starts_with("250 2.1.0"));
+        assert!(read_reply(&mut c).await.starts_with("250 2.1.5"));
+        assert!(read_reply(&mut c).await.starts_with("354"));
+        c.get_mut().write_all(b"hi\r\n.\r\nQUIT\r\n").await.unwrap();
+        assert_eq!(read_reply(&mut c).await, "250 2.0.0 Ok: queued as S1\r\n");
+        assert!(read_reply(&mut c).await.starts_with("221 2.0.0"));
+        task.await.unwrap().unwrap();
+    }
+
     #[test]
     fn serve_future_is_send() {
         fn assert_send<T: Send>(_: &T) {}
@@ -322,6 +584,16 @@ mod tests {
             server,
             Session::new(config(), TestPolicy),
             &handler,
+            async {},
+        );
+        assert_send(&fut);
+        let (_client, server) = tokio::io::duplex(1024);
+        let (acceptor, _) = tls_pair();
+        let fut = serve_submission(
+            server,
+            Session::new(config(), TestPolicy),
+            &handler,
+            &acceptor,
             async {},
         );
         assert_send(&fut);

@@ -19,10 +19,13 @@ pub static OTHER: LazyLock<String> = LazyLock::new(|| onion_v3_from_key(&[9u8; 3
 pub struct TestPolicy;
 
 impl Policy for TestPolicy {
-    fn check_sender(&self, sender: Option<&Address>) -> Result<(), Reply> {
+    fn check_sender(&self, sender: Option<&Address>, auth_user: Option<&str>) -> Result<(), Reply> {
         match sender {
             Some(a) if a.local_part == "spammer" => {
                 Err(Reply::new(550, [5, 7, 1], "Sender rejected"))
+            }
+            Some(a) if auth_user.is_some_and(|u| u != a.local_part) => {
+                Err(Reply::new(553, [5, 7, 1], "Not your address"))
             }
             _ => Ok(()),
         }
@@ -58,6 +61,10 @@ pub struct Dialogue {
     pub closed: bool,
     /// Output collected by `send`, one `take_output` per `NeedInput`/`Close`.
     pub writes: Vec<Vec<u8>>,
+    /// `Step::StartTls` seen (each answered with `tls_started`).
+    pub starttls: usize,
+    /// Credentials handed out by `Step::Authenticate` (alice/secret is right).
+    pub credentials: Vec<crate::session::Credentials>,
 }
 
 impl Dialogue {
@@ -75,6 +82,8 @@ impl Dialogue {
             enqueue_outcome: None,
             closed: false,
             writes: Vec::new(),
+            starttls: 0,
+            credentials: Vec::new(),
         };
         let out = d.drive();
         assert_eq!(out, format!("220 {host} ESMTP\r\n"));
@@ -108,6 +117,23 @@ impl Dialogue {
                         .clone()
                         .unwrap_or_else(|| Ok(format!("Q{}", self.enqueued.len())));
                     self.session.enqueued(outcome);
+                }
+                Step::StartTls => {
+                    // The driver writes the 220, then shakes hands.
+                    let out = self.session.take_output();
+                    all.extend_from_slice(&out);
+                    self.writes.push(out);
+                    self.starttls += 1;
+                    self.session.tls_started();
+                }
+                Step::Authenticate(credentials) => {
+                    let ok = credentials.user == "alice" && credentials.password == "secret";
+                    self.credentials.push(credentials);
+                    self.session.authenticated(if ok {
+                        Ok("alice".into())
+                    } else {
+                        Err(Reply::new(535, [5, 7, 8], "Authentication credentials invalid"))
+                    });
                 }
                 Step::Close => {
                     let out = self.session.take_output();

@@ -98,6 +98,7 @@ impl<P: Policy> Session<P> {
             sender: self.sender.take().unwrap_or_default(),
             recipients: std::mem::take(&mut self.recipients),
             data: state.data,
+            auth_user: self.auth_user.clone(),
         };
         self.reset_transaction();
         tracing::debug!(

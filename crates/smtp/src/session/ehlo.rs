@@ -27,14 +27,18 @@ impl<P: Policy> Session<P> {
             return;
         }
         // Written by hand: smtp-proto's EhloResponse adds a software fingerprint.
-        let lines = [
+        let mut lines = vec![
             self.config.hostname.clone(),
             "PIPELINING".to_owned(),
             format!("SIZE {}", self.config.max_message_size),
             "8BITMIME".to_owned(),
             "SMTPUTF8".to_owned(),
-            "ENHANCEDSTATUSCODES".to_owned(),
         ];
+        if self.submission() {
+            // AUTH only inside TLS; STARTTLS only before it.
+            lines.push(if self.tls { "AUTH PLAIN LOGIN" } else { "STARTTLS" }.to_owned());
+        }
+        lines.push("ENHANCEDSTATUSCODES".to_owned());
         let last = lines.len() - 1;
         for (i, line) in lines.iter().enumerate() {
             let sep = if i == last { ' ' } else { '-' };

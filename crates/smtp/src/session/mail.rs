@@ -23,6 +23,10 @@ impl<P: Policy> Session<P> {
             self.respond(Reply::new(503, [5, 5, 1], "Error: send HELO/EHLO first"));
             return;
         }
+        if self.submission() && self.auth_user.is_none() {
+            self.respond(Reply::new(530, [5, 7, 0], "Authentication required"));
+            return;
+        }
         if self.sender.is_some() {
             self.respond(Reply::new(503, [5, 5, 1], "Error: nested MAIL command"));
             return;
@@ -33,7 +37,8 @@ impl<P: Policy> Session<P> {
             || from.env_id.is_some()
             || from.solicit.is_some()
             || from.mtrk.is_some()
-            || from.auth.is_some()
+            // AUTH= (RFC 4954 5) is accepted, and ignored, where AUTH is offered.
+            || (from.auth.is_some() && !self.submission())
             || from.by != 0
             || from.hold_for != 0
             || from.hold_until != 0
@@ -72,7 +77,9 @@ impl<P: Policy> Session<P> {
                 }
             }
         };
-        if let Err(reply) = self.policy.check_sender(sender.as_ref()) {
+        if let Err(reply) = self
+            .policy
+            .check_sender(sender.as_ref(), self.auth_user.as_deref()) {
             self.respond(reply);
             return;
         }

@@ -15,11 +15,27 @@ mod framer;
 mod mail;
 mod misc;
 mod rcpt;
+mod submission;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_submission;
 
 use data::DataState;
 use framer::{Frame, Framer};
+use submission::AuthState;
+
+/// Which rules a session applies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SessionKind {
+    /// The onion side (and `[smtp] listen`): no STARTTLS, no AUTH (both 502), mail only
+    /// for our own users, as the policy says.
+    #[default]
+    OnionSide,
+    /// The submission port (RFC 6409): STARTTLS, then AUTH PLAIN/LOGIN, and MAIL only once
+    /// authenticated (530 5.7.0 before).
+    Submission,
+}
 
 /// Bytes of unframed input beyond the longest line that [`Session::receive`] keeps before it
 /// processes input by itself (for callers that feed a lot without calling `step`).
@@ -46,6 +62,13 @@ pub struct SessionConfig {
     pub command_timeout: Duration,
     /// Idle time allowed while reading DATA.
     pub data_timeout: Duration,
+    /// Onion side or submission port.
+    pub kind: SessionKind,
+    /// Failed AUTH attempts allowed in one session; the last one is followed by 421 4.7.0.
+    pub max_auth_failures: usize,
+    /// The driver waits this long times the number of failures so far before it answers a
+    /// failed AUTH (1 s, 2 s, 3 s, ...; at most 10 s).
+    pub auth_failure_delay: Duration,
 }
 
 impl Default for SessionConfig {
@@ -59,14 +82,18 @@ impl Default for SessionConfig {
             max_errors: 10,
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(600),
+            kind: SessionKind::OnionSide,
+            max_auth_failures: 3,
+            auth_failure_delay: Duration::from_secs(1),
         }
     }
 }
 
 /// Who may send to whom: implemented by the binary (onion-side rules, submission rules).
 pub trait Policy {
-    /// MAIL FROM with a validated sender (`None` for the null sender `<>`).
-    fn check_sender(&self, sender: Option<&Address>) -> Result<(), Reply>;
+    /// MAIL FROM with a validated sender (`None` for the null sender `<>`). `auth_user` is
+    /// the authenticated user (submission port only; `None` on the onion side).
+    fn check_sender(&self, sender: Option<&Address>, auth_user: Option<&str>) -> Result<(), Reply>;
     /// RCPT TO with a validated recipient. `Ok` accepts it (250 2.1.5).
     fn check_recipient(&self, recipient: &Address) -> Result<(), Reply>;
 }
@@ -82,6 +109,26 @@ pub struct Transaction {
     pub recipients: Vec<String>,
     /// The message, dot-unstuffed, CRLF line endings, ending in CRLF, without the final `.`.
     pub data: Vec<u8>,
+    /// The user who authenticated (submission port), `None` on the onion side.
+    pub auth_user: Option<String>,
+}
+
+/// A user name and password from AUTH. `Debug` never shows the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// The authentication identity the client gave (a user name or `user@domain`).
+    pub user: String,
+    /// The password, as given.
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .finish()
+    }
 }
 
 /// What the driver must do next.
@@ -94,6 +141,13 @@ pub enum Step {
     Enqueue(Transaction),
     /// Write out what is pending and close the connection.
     Close,
+    /// STARTTLS was accepted (submission only): write out [`Session::take_output`] (the 220),
+    /// run the TLS handshake on the stream, then call [`Session::tls_started`]; close the
+    /// connection if the handshake fails.
+    StartTls,
+    /// AUTH gave credentials (submission only): check them, then call
+    /// [`Session::authenticated`] with the user name or the reply to give (535 5.7.8).
+    Authenticate(Credentials),
 }
 
 /// Where the session is in the dialogue.
@@ -132,6 +186,20 @@ pub struct Session<P: Policy> {
     overflow: bool,
     /// The session is over: `step` says `Close` from now on.
     closed: bool,
+    /// TLS is active (after STARTTLS).
+    tls: bool,
+    /// A `Step::StartTls` was handed out and `tls_started` not called yet.
+    awaiting_tls: bool,
+    /// A `Step::Authenticate` was handed out and `authenticated` not called yet.
+    awaiting_auth: bool,
+    /// The authenticated user (submission).
+    auth_user: Option<String>,
+    /// An AUTH exchange in progress: the next line is a response, not a command.
+    auth_state: Option<AuthState>,
+    /// Failed AUTH attempts in this session.
+    auth_failures: usize,
+    /// A step produced by the command just processed (StartTls, Authenticate).
+    next_step: Option<Step>,
 }
 
 impl<P: Policy> Session<P> {
@@ -153,6 +221,13 @@ impl<P: Policy> Session<P> {
             deferred_close: None,
             overflow: false,
             closed: false,
+            tls: false,
+            awaiting_tls: false,
+            awaiting_auth: false,
+            auth_user: None,
+            auth_state: None,
+            auth_failures: 0,
+            next_step: None,
         };
         let banner = Reply::plain(220, format!("{} ESMTP", session.config.hostname));
         session.push(&banner);
@@ -247,8 +322,8 @@ impl<P: Policy> Session<P> {
         if self.closed {
             return;
         }
-        let enqueue_pending = matches!(self.pending, Some(Step::Enqueue(_)));
-        if self.awaiting_enqueue || enqueue_pending {
+        let enqueue_pending = matches!(self.pending, Some(Step::Enqueue(_) | Step::Authenticate(_)));
+        if self.awaiting_enqueue || self.awaiting_auth || enqueue_pending {
             self.deferred_close = Some(reply);
         } else {
             self.close_with(&reply);
@@ -269,7 +344,7 @@ impl<P: Policy> Session<P> {
                 self.framer.clear();
                 return Step::Close;
             }
-            if self.awaiting_enqueue {
+            if self.awaiting_enqueue || self.awaiting_auth || self.awaiting_tls {
                 return Step::NeedInput;
             }
             if let Some(reply) = self.deferred_close.take() {
@@ -301,7 +376,11 @@ impl<P: Policy> Session<P> {
                     self.close_with(&Reply::new(521, [5, 5, 2], text));
                 }
                 Frame::TooLong => match &mut self.mode {
-                    Mode::Command => self.respond(Reply::new(500, [5, 5, 2], "Line too long")),
+                    Mode::Command => {
+                        // An over-long AUTH response ends the exchange.
+                        self.auth_state = None;
+                        self.respond(Reply::new(500, [5, 5, 2], "Line too long"));
+                    }
                     Mode::Data(state) => state.line_too_long(),
                 },
                 Frame::Line { start, end } => {
@@ -311,7 +390,14 @@ impl<P: Policy> Session<P> {
                         }
                     } else {
                         let line = self.framer.bytes(start, end).to_vec();
-                        self.command(&line);
+                        if self.auth_state.is_some() {
+                            self.auth_response(&line);
+                        } else {
+                            self.command(&line);
+                        }
+                        if let Some(step) = self.next_step.take() {
+                            return step;
+                        }
                     }
                 }
             }
@@ -353,9 +439,12 @@ impl<P: Policy> Session<P> {
             Request::Expn { .. } => self.expn(),
             Request::Help { .. } => self.help(),
             Request::Lhlo { .. } => self.unknown(),
-            Request::Auth { .. }
-            | Request::StartTls
-            | Request::Bdat { .. }
+            Request::Auth {
+                mechanism,
+                initial_response,
+            } => self.auth(mechanism, &initial_response),
+            Request::StartTls => self.starttls(),
+            Request::Bdat { .. }
             | Request::Etrn { .. }
             | Request::Atrn { .. }
             | Request::Burl { .. } => self.not_implemented(),

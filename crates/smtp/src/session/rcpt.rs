@@ -6,7 +6,7 @@ use smtp_proto::RcptTo;
 
 use super::mail::is_empty_path;
 use super::{Policy, Session};
-use crate::address::Address;
+use crate::address::{Address, AddressError};
 use crate::reply::Reply;
 
 impl<P: Policy> Session<P> {
@@ -36,6 +36,15 @@ impl<P: Policy> Session<P> {
         } else {
             match Address::parse(&to.address, self.smtputf8) {
                 Ok(address) => address,
+                Err(error @ (AddressError::BadOnion | AddressError::BadDomain))
+                    if self.submission() =>
+                {
+                    let text = format!(
+                        "Bad recipient address: {error}; smtorp delivers only to onion addresses (user@<56 characters>.onion)"
+                    );
+                    self.respond(Reply::new(553, [5, 1, 3], text));
+                    return;
+                }
                 Err(error) => {
                     let text = format!("Bad recipient address: {error}");
                     self.respond(Reply::new(501, [5, 1, 3], text));

@@ -820,6 +820,7 @@ fn garbage_never_panics() {
                 match s.step() {
                     Step::NeedInput => break,
                     Step::Enqueue(_) => s.enqueued(Ok("id".into())),
+                    Step::StartTls | Step::Authenticate(_) => panic!("onion side: no TLS, no AUTH"),
                     Step::Close => {
                         closed = true;
                         break;
