@@ -129,6 +129,28 @@ fn crlf(body: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     std::borrow::Cow::Owned(out)
 }
 
+/// Writes the message with dot-stuffing (a line starting with `.` gets another) and the
+/// end-of-data mark. `body` has CRLF line endings; one that ends with CRLF is followed by
+/// `.` CRLF only, so that no empty line is added at the end (mail-send's own writer always
+/// adds one).
+async fn write_data(stream: &mut BoxedStream, body: &[u8]) -> std::io::Result<()> {
+    let mut out = Vec::with_capacity(body.len() + body.len() / 64 + 8);
+    let mut at_line_start = true;
+    for &b in body {
+        if at_line_start && b == b'.' {
+            out.push(b'.');
+        }
+        out.push(b);
+        at_line_start = b == b'\n';
+    }
+    if !body.is_empty() && !body.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    stream.write_all(&out).await?;
+    stream.flush().await
+}
+
 impl RemoteDelivery {
     /// Delivers with `connector`, greeting peers as `helo` (our onion address), with
     /// `timeout` for each command.
@@ -262,10 +284,21 @@ impl RemoteDelivery {
 
         if ehlo.has_capability(smtp_proto::EXT_PIPELINING) {
             // One round trip for the whole envelope (RFC 2920).
-            let mut commands = vec![mail];
-            commands.extend(rcpts);
-            commands.push("DATA\r\n".into());
-            let replies = client.cmds(commands.iter()).await.map_err(|e| failed(domain, "the envelope", &e))?;
+            // One write for the whole envelope, then one reply per command.
+            let mut batch = mail.into_bytes();
+            for rcpt in &rcpts {
+                batch.extend_from_slice(rcpt.as_bytes());
+            }
+            batch.extend_from_slice(b"DATA\r\n");
+            let expected = rcpts.len() + 2;
+            let replies = tokio::time::timeout(self.timeout, async {
+                client.stream.write_all(&batch).await?;
+                client.stream.flush().await?;
+                client.read_many(expected).await
+            })
+            .await
+            .map_err(|_| Outcome::Temporary(format!("{domain}: no reply to the envelope in time")))?
+            .map_err(|e| failed(domain, "the envelope", &e))?;
             let (mail_reply, rest) = replies.split_first().ok_or_else(|| Outcome::Temporary(format!("{domain}: no reply")))?;
             let (data_reply, rcpt_replies) =
                 rest.split_last().ok_or_else(|| Outcome::Temporary(format!("{domain}: no reply")))?;
@@ -294,7 +327,7 @@ impl RemoteDelivery {
                 return Ok(outcomes);
             }
             let finished = tokio::time::timeout(self.timeout * 2, async {
-                client.write_message(&body).await.map_err(mail_send::Error::from)?;
+                write_data(&mut client.stream, &body).await.map_err(mail_send::Error::from)?;
                 client.read().await
             })
             .await;
@@ -323,10 +356,26 @@ impl RemoteDelivery {
             }
         }
         if outcomes.iter().any(|o| *o == Outcome::Delivered) {
-            let data = match client.data(&*body).await {
-                Ok(reply) => outcome_of(domain, "DATA", &reply),
-                Err(mail_send::Error::UnexpectedReply(reply)) => outcome_of(domain, "DATA", &reply),
+            match client.cmd(b"DATA\r\n").await {
+                Ok(reply) if reply.code == 354 => {}
+                Ok(reply) => {
+                    let o = outcome_of(domain, "DATA", &reply);
+                    for x in outcomes.iter_mut().filter(|x| **x == Outcome::Delivered) {
+                        *x = o.clone();
+                    }
+                    return Ok(outcomes);
+                }
                 Err(e) => return Err(failed(domain, "DATA", &e)),
+            }
+            let finished = tokio::time::timeout(self.timeout * 2, async {
+                write_data(&mut client.stream, &body).await.map_err(mail_send::Error::from)?;
+                client.read().await
+            })
+            .await;
+            let data = match finished {
+                Ok(Ok(reply)) => outcome_of(domain, "DATA", &reply),
+                Ok(Err(e)) => return Err(failed(domain, "DATA", &e)),
+                Err(_) => return Err(Outcome::Temporary(format!("{domain}: no reply to the end of DATA in time"))),
             };
             for o in outcomes.iter_mut().filter(|o| **o == Outcome::Delivered) {
                 *o = data.clone();
@@ -341,7 +390,25 @@ impl RemoteDelivery {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+
+    async fn written(body: &[u8]) -> Vec<u8> {
+        let (a, mut b) = tokio::io::duplex(1 << 16);
+        let mut stream: BoxedStream = Box::new(a);
+        write_data(&mut stream, body).await.unwrap();
+        drop(stream);
+        let mut out = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut b, &mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn data_is_dot_stuffed_and_ends_without_an_extra_line() {
+        assert_eq!(written(b"a\r\n.b\r\n..c\r\n.\r\n").await, b"a\r\n..b\r\n...c\r\n..\r\n.\r\n");
+        assert_eq!(written(b".x").await, b"..x\r\n.\r\n");
+        assert_eq!(written(b"").await, b".\r\n");
+    }
 
     #[test]
     fn line_endings_are_made_crlf() {

@@ -44,7 +44,7 @@ pub fn build_dsn(report: &FailureReport<'_>, our_domain: &str, now: u64) -> Vec<
     let mut random = [0u8; 12];
     rand::thread_rng().fill_bytes(&mut random);
     let boundary: String = random.iter().map(|b| format!("{b:02x}")).collect();
-    let boundary = format!("=_smtorp_dsn_{boundary}");
+    let boundary = format!("=_{boundary}");
     let mut m = String::new();
     m.push_str(&format!("From: Mail Delivery System <MAILER-DAEMON@{our_domain}>\r\n"));
     m.push_str(&format!("To: <{}>\r\n", envelope.sender));
