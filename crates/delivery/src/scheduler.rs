@@ -177,6 +177,11 @@ impl Scheduler {
         self.wake.clone()
     }
 
+    /// The remote deliverer, if any (for its connection counter).
+    pub fn remote(&self) -> Option<Arc<RemoteDelivery>> {
+        self.remote.clone()
+    }
+
     /// A handle to clear the destinations' back-off.
     pub fn backoff_reset(&self) -> BackoffReset {
         BackoffReset(self.destinations.clone())

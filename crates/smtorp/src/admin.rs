@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use smtorp_delivery::{BackoffReset, Bouncer, FailedRecipient, FailureReport, Stats};
+use smtorp_delivery::{BackoffReset, Bouncer, FailedRecipient, FailureReport, RemoteDelivery, Stats};
 use smtorp_onion::{OnionTransport, ServiceStatus};
 use smtorp_queue::{Envelope, Origin, Queue, QueueId, RecipientState};
 use tokio::sync::{Notify, OnceCell};
@@ -86,6 +86,8 @@ pub struct StatusReport {
     pub deferred_since_start: Option<u64>,
     /// Recipients failed since start (daemon only).
     pub failed_since_start: Option<u64>,
+    /// Outbound SMTP connections opened since start (daemon only).
+    pub connections_since_start: Option<u64>,
 }
 
 /// Runs administrative requests against a queue.
@@ -100,6 +102,8 @@ pub struct Admin {
     pub backoff: Option<BackoffReset>,
     /// Delivery counters (daemon only).
     pub stats: Option<Arc<Stats>>,
+    /// The remote deliverer, for its connection counter (daemon only).
+    pub remote: Option<Arc<RemoteDelivery>>,
     /// The Tor client, once bootstrapped (daemon only).
     pub transport: Option<Arc<OnceCell<Arc<OnionTransport>>>>,
     /// The onion service, once launched (daemon only).
@@ -207,6 +211,7 @@ impl Admin {
             delivered_since_start: count(|s| &s.delivered),
             deferred_since_start: count(|s| &s.deferred),
             failed_since_start: count(|s| &s.failed),
+            connections_since_start: self.remote.as_ref().map(|r| r.connections_opened()),
         }
     }
 }

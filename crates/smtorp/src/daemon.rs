@@ -96,6 +96,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         waker: Some(scheduler.waker()),
         backoff: Some(scheduler.backoff_reset()),
         stats: Some(scheduler.stats()),
+        remote: scheduler.remote(),
         transport: onion_enabled.then(|| transport.clone()),
         service: onion_enabled.then(|| service_status.clone()),
         address: onion.clone(),

@@ -29,6 +29,7 @@ pub fn run(settings: &Arc<Settings>, request: Request) -> anyhow::Result<Answer>
         waker: None,
         backoff: None,
         stats: None,
+        remote: None,
         transport: None,
         service: None,
         address,
@@ -137,6 +138,9 @@ fn print_status(s: &StatusReport) {
     println!("recipients:       {} new, {} deferred", s.recipients_new, s.recipients_deferred);
     if let (Some(d), Some(f), Some(r)) = (s.delivered_since_start, s.failed_since_start, s.deferred_since_start) {
         println!("since start:      {d} delivered, {f} failed, {r} deferred attempts");
+    }
+    if let Some(c) = s.connections_since_start {
+        println!("outbound:         {c} connections opened since start");
     }
 }
 
