@@ -6,11 +6,13 @@
 mod local;
 mod remote;
 mod scheduler;
+mod sink;
 
-pub use local::deliver_to_maildir;
-pub use remote::{BoxedStream, ConnectError, ConnectFuture, Connector, PeerStream, RemoteDelivery, RemoteResult, IDLE_TTL};
+pub use local::{deliver_to_maildir, MaildirSink};
+pub use remote::{BoxedStream, ConnectError, ConnectFuture, Connector, PeerStream, RemoteDelivery, IDLE_TTL};
+pub use sink::{Job, Outcome, Sink, SinkFuture, SmtpReply};
 pub use scheduler::{
-    BackoffReset, BounceFuture, Bouncer, FailedRecipient, FailureReport, Outcome, Scheduler, SchedulerConfig, Stats,
+    BackoffReset, BounceFuture, Bouncer, FailedRecipient, FailureReport, Scheduler, SchedulerConfig, Stats,
 };
 
 use std::path::PathBuf;

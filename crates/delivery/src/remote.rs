@@ -18,7 +18,8 @@ use smtp_proto::{EhloResponse, Response};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tracing::debug;
 
-use crate::scheduler::Outcome;
+use crate::sink::{Job, Outcome, Sink, SinkFuture, SmtpReply};
+use crate::Route;
 
 /// A bidirectional byte stream to a peer MTA.
 pub trait PeerStream: AsyncRead + AsyncWrite + Send + Unpin {}
@@ -50,16 +51,6 @@ pub trait Connector: Send + Sync + 'static {
 /// How long an idle session to a destination is kept for the next message.
 pub const IDLE_TTL: Duration = Duration::from_secs(60);
 
-/// The result of one delivery to one destination.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RemoteResult {
-    /// One outcome per recipient, in order.
-    pub outcomes: Vec<Outcome>,
-    /// False when the destination could not be reached at all (no stream, no greeting):
-    /// the scheduler then holds back other mail for it for a while.
-    pub reached: bool,
-}
-
 /// An open session, ready for MAIL FROM.
 struct Session {
     client: SmtpClient<BoxedStream>,
@@ -76,27 +67,19 @@ pub struct RemoteDelivery {
     connections: std::sync::atomic::AtomicU64,
 }
 
-/// The outcome of a reply: 2xx delivered, 4xx temporary, 5xx permanent.
+/// The outcome of a peer's reply at `stage`, with its text kept for the sender.
 fn outcome_of(domain: &str, stage: &str, reply: &Response<String>) -> Outcome {
-    let [a, b, c] = reply.esc;
-    let esc = if a > 0 { format!(" {a}.{b}.{c}") } else { String::new() };
-    let text = format!(
-        "{domain} answered {stage} with {}{esc} {}",
-        reply.code,
-        reply.message.replace(['\r', '\n'], " ")
-    );
-    match reply.code {
-        200..=299 => Outcome::Delivered,
-        500..=599 => Outcome::Permanent(text),
-        _ => Outcome::Temporary(text),
-    }
+    let enhanced = if reply.esc[0] > 0 { reply.esc } else { [(reply.code / 100) as u8, 0, 0] };
+    let text = format!("{domain} answered {stage}: {}", reply.message);
+    Outcome::from_reply(SmtpReply::new(reply.code, enhanced, text))
 }
 
-/// A mail-send error as an outcome (I/O, timeouts, unparseable replies are temporary).
+/// A mail-send error as an outcome: a peer's reply as such; I/O errors, timeouts and
+/// unparseable replies are temporary (4.4.2, bad connection).
 fn failed(domain: &str, stage: &str, error: &mail_send::Error) -> Outcome {
     match error {
         mail_send::Error::UnexpectedReply(reply) => outcome_of(domain, stage, reply),
-        other => Outcome::Temporary(format!("{domain}: {stage} failed: {other}")),
+        other => Outcome::temporary([4, 4, 2], format!("{domain}: {stage} failed: {other}")),
     }
 }
 
@@ -191,15 +174,16 @@ impl RemoteDelivery {
     async fn open(&self, domain: &str) -> Result<Session, Outcome> {
         let stream = match self.connector.connect(domain).await {
             Ok(s) => s,
-            Err(e) if e.temporary => return Err(Outcome::Temporary(e.message)),
-            Err(e) => return Err(Outcome::Permanent(e.message)),
+            // X.4.1: no answer from host; the scheduler holds the destination's mail.
+            Err(e) if e.temporary => return Err(Outcome::temporary([4, 4, 1], e.message)),
+            Err(e) => return Err(Outcome::permanent([5, 1, 2], e.message)),
         };
         self.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut client = SmtpClient { stream, timeout: self.timeout };
         let greeting = match tokio::time::timeout(self.timeout, client.read()).await {
             Ok(Ok(reply)) => reply,
             Ok(Err(e)) => return Err(failed(domain, "the connection", &e)),
-            Err(_) => return Err(Outcome::Temporary(format!("{domain}: no greeting in time"))),
+            Err(_) => return Err(Outcome::temporary([4, 4, 1], format!("{domain}: no greeting in time"))),
         };
         if greeting.code != 220 {
             return Err(outcome_of(domain, "the connection", &greeting));
@@ -231,22 +215,18 @@ impl RemoteDelivery {
 
     /// One transaction to `domain`: MAIL FROM `sender`, one RCPT per recipient, DATA `body`,
     /// on a cached session when one is idle, else on a new one.
-    pub async fn deliver(&self, domain: &str, sender: &str, recipients: &[String], body: &[u8]) -> RemoteResult {
-        let all = |o: Outcome, reached| RemoteResult { outcomes: vec![o; recipients.len()], reached };
+    pub async fn deliver(&self, domain: &str, sender: &str, recipients: &[String], body: &[u8]) -> Vec<Outcome> {
+        let all = |o: Outcome| vec![o; recipients.len()];
         let mut session = match self.reuse(domain).await {
             Some(s) => s,
             None => match self.open(domain).await {
                 Ok(s) => s,
-                // A 4xx/5xx greeting or EHLO means we reached the peer; anything else not.
-                Err(o) => {
-                    let reached = matches!(&o, Outcome::Temporary(t) | Outcome::Permanent(t) if t.contains(" answered "));
-                    return all(o, reached);
-                }
+                Err(o) => return all(o),
             },
         };
         let outcomes = match self.transaction(&mut session, domain, sender, recipients, body).await {
             Ok(outcomes) => outcomes,
-            Err(o) => return all(o, true), // the session is broken: dropped, not cached
+            Err(o) => return all(o), // the session is broken: dropped, not cached
         };
         session.idle_since = Instant::now();
         self.idle
@@ -255,7 +235,7 @@ impl RemoteDelivery {
             .entry(domain.to_owned())
             .or_default()
             .push(session);
-        RemoteResult { outcomes, reached: true }
+        outcomes
     }
 
     /// MAIL, RCPT..., DATA on an open session; pipelined when the peer offers it. `Err` when
@@ -297,11 +277,11 @@ impl RemoteDelivery {
                 client.read_many(expected).await
             })
             .await
-            .map_err(|_| Outcome::Temporary(format!("{domain}: no reply to the envelope in time")))?
+            .map_err(|_| Outcome::temporary([4, 4, 2], format!("{domain}: no reply to the envelope in time")))?
             .map_err(|e| failed(domain, "the envelope", &e))?;
-            let (mail_reply, rest) = replies.split_first().ok_or_else(|| Outcome::Temporary(format!("{domain}: no reply")))?;
+            let (mail_reply, rest) = replies.split_first().ok_or_else(|| Outcome::temporary([4, 4, 2], format!("{domain}: no reply")))?;
             let (data_reply, rcpt_replies) =
-                rest.split_last().ok_or_else(|| Outcome::Temporary(format!("{domain}: no reply")))?;
+                rest.split_last().ok_or_else(|| Outcome::temporary([4, 4, 2], format!("{domain}: no reply")))?;
             if mail_reply.code / 100 != 2 {
                 if data_reply.code == 354 {
                     let _ = client.stream.write_all(b".\r\n").await;
@@ -334,7 +314,7 @@ impl RemoteDelivery {
             let data = match finished {
                 Ok(Ok(reply)) => outcome_of(domain, "DATA", &reply),
                 Ok(Err(e)) => return Err(failed(domain, "DATA", &e)),
-                Err(_) => return Err(Outcome::Temporary(format!("{domain}: no reply to the end of DATA in time"))),
+                Err(_) => return Err(Outcome::temporary([4, 4, 2], format!("{domain}: no reply to the end of DATA in time"))),
             };
             for x in outcomes.iter_mut().filter(|x| **x == Outcome::Delivered) {
                 *x = data.clone();
@@ -375,7 +355,7 @@ impl RemoteDelivery {
             let data = match finished {
                 Ok(Ok(reply)) => outcome_of(domain, "DATA", &reply),
                 Ok(Err(e)) => return Err(failed(domain, "DATA", &e)),
-                Err(_) => return Err(Outcome::Temporary(format!("{domain}: no reply to the end of DATA in time"))),
+                Err(_) => return Err(Outcome::temporary([4, 4, 2], format!("{domain}: no reply to the end of DATA in time"))),
             };
             for o in outcomes.iter_mut().filter(|o| **o == Outcome::Delivered) {
                 *o = data.clone();
@@ -385,6 +365,19 @@ impl RemoteDelivery {
             let _ = client.rset().await;
         }
         Ok(outcomes)
+    }
+}
+
+impl Sink for RemoteDelivery {
+    fn deliver<'a>(&'a self, job: Job<'a>) -> SinkFuture<'a> {
+        Box::pin(async move {
+            let Route::Remote { domain } = job.route else {
+                return vec![Outcome::permanent([5, 3, 5], "not a remote route"); job.recipients.len()];
+            };
+            let rcpts: Vec<String> =
+                job.recipients.iter().map(|&i| job.envelope.recipients[i].address.clone()).collect();
+            RemoteDelivery::deliver(self, domain, &job.envelope.sender, &rcpts, job.body).await
+        })
     }
 }
 

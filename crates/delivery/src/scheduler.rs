@@ -12,14 +12,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use smtorp_maildir::Delivered;
 use smtorp_queue::{Envelope, Origin, Queue, QueueId, RecipientState};
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use crate::local::deliver_to_maildir;
+use crate::local::MaildirSink;
 use crate::remote::RemoteDelivery;
+use crate::sink::{Job, Outcome, Sink, SmtpReply};
 use crate::{Route, Router};
 
 /// How the scheduler behaves.
@@ -33,20 +33,6 @@ pub struct SchedulerConfig {
     pub concurrency: usize,
     /// The host part of Maildir file names (our primary domain).
     pub maildir_host: String,
-}
-
-/// The result of one delivery attempt for one recipient.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Delivered (or found already delivered).
-    Delivered,
-    /// Try again later; the text says why.
-    Temporary(String),
-    /// Never try again; the text says why.
-    Permanent(String),
-    /// Not tried: the destination is known to be down until the given time (Unix seconds);
-    /// the attempt is not counted and the message waits with the destination.
-    Waiting(String, u64),
 }
 
 /// Counters since start, for `smtorp status` and the logs.
@@ -68,6 +54,7 @@ pub struct Scheduler {
     wake: Arc<Notify>,
     stats: Arc<Stats>,
     active: Arc<Mutex<HashSet<QueueId>>>,
+    local: MaildirSink,
     remote: Option<Arc<RemoteDelivery>>,
     bouncer: Option<Arc<dyn Bouncer>>,
     destinations: Arc<Mutex<HashMap<String, Destination>>>,
@@ -148,6 +135,7 @@ impl Scheduler {
     /// A scheduler over `queue`, routing with `router`.
     pub fn new(queue: Arc<Queue>, router: Arc<dyn Router>, config: SchedulerConfig) -> Scheduler {
         Scheduler {
+            local: MaildirSink { host: config.maildir_host.clone() },
             queue,
             router,
             config,
@@ -267,24 +255,34 @@ impl Scheduler {
         let mut remote: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         let mut held_until = 0u64;
         for &index in &pending {
-            let outcome = match self.router.route(&envelope.recipients[index].address) {
-                Route::Local { maildir, user } => self.deliver_local(&envelope, index, maildir, user, body.clone()).await,
+            let route = self.router.route(&envelope.recipients[index].address);
+            let outcome = match &route {
+                Route::Local { .. } => {
+                    let job = Job { envelope: &envelope, body: &body, recipients: &[index], route: &route };
+                    self.local.deliver(job).await.pop().unwrap_or_else(|| Outcome::temporary([4, 3, 0], "no outcome"))
+                }
                 Route::Remote { domain } => {
-                    remote.entry(domain).or_default().push(index);
+                    remote.entry(domain.clone()).or_default().push(index);
                     continue;
                 }
-                Route::Unroutable(why) => Outcome::Permanent(why),
+                Route::Unroutable(why) => Outcome::Permanent(SmtpReply::parse(why)),
             };
             self.record(&mut envelope, index, outcome);
         }
         for (domain, indices) in remote {
             let outcomes = match &self.remote {
                 Some(remote) => {
-                    let rcpts: Vec<String> =
-                        indices.iter().map(|&i| envelope.recipients[i].address.clone()).collect();
-                    self.deliver_remote(remote, &domain, &envelope.sender, &rcpts, &body).await
+                    let route = Route::Remote { domain: domain.clone() };
+                    let job = Job { envelope: &envelope, body: &body, recipients: &indices, route: &route };
+                    self.deliver_remote(remote.as_ref(), &domain, job).await
                 }
-                None => vec![Outcome::Temporary(format!("no outbound transport for {domain} (onion service off and no static route)")); indices.len()],
+                None => vec![
+                    Outcome::temporary(
+                        [4, 4, 1],
+                        format!("no outbound transport for {domain} (onion service off and no static route)")
+                    );
+                    indices.len()
+                ],
             };
             for (index, outcome) in indices.into_iter().zip(outcomes) {
                 if let Outcome::Waiting(_, until) = &outcome {
@@ -377,14 +375,8 @@ impl Scheduler {
 
     /// Delivers to one destination, honouring its back-off and session limit, and updates
     /// what we know about it.
-    async fn deliver_remote(
-        &self,
-        remote: &RemoteDelivery,
-        domain: &str,
-        sender: &str,
-        rcpts: &[String],
-        body: &[u8],
-    ) -> Vec<Outcome> {
+    async fn deliver_remote(&self, remote: &dyn Sink, domain: &str, job: Job<'_>) -> Vec<Outcome> {
+        let rcpts = job.recipients;
         let now = unix_now();
         let slots = {
             let mut map = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
@@ -396,17 +388,18 @@ impl Scheduler {
             });
             if dest.down_until > now {
                 let why = format!("{domain} is unreachable, next try in {} s: {}", dest.down_until - now, dest.reason);
-                return vec![Outcome::Waiting(why, dest.down_until); rcpts.len()];
+                return vec![Outcome::Waiting(SmtpReply::new(451, [4, 4, 1], why), dest.down_until); rcpts.len()];
             }
             dest.slots.clone()
         };
         let Ok(_permit) = slots.acquire_owned().await else {
-            return vec![Outcome::Temporary("scheduler is stopping".into()); rcpts.len()];
+            return vec![Outcome::temporary([4, 3, 2], "scheduler is stopping"); rcpts.len()];
         };
-        let result = remote.deliver(domain, sender, rcpts, body).await;
+        let outcomes = remote.deliver(job).await;
+        let unreachable = !outcomes.is_empty() && outcomes.iter().all(Outcome::is_unreachable);
         let mut map = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(dest) = map.get_mut(domain) {
-            if result.reached {
+            if !unreachable {
                 dest.failures = 0;
                 dest.down_until = 0;
             } else {
@@ -418,14 +411,14 @@ impl Scheduler {
                     .copied()
                     .unwrap_or(Duration::from_secs(60));
                 dest.down_until = unix_now() + wait.as_secs();
-                dest.reason = match result.outcomes.first() {
-                    Some(Outcome::Temporary(t) | Outcome::Permanent(t) | Outcome::Waiting(t, _)) => t.clone(),
+                dest.reason = match outcomes.first() {
+                    Some(Outcome::Temporary(r) | Outcome::Permanent(r) | Outcome::Waiting(r, _)) => r.text.clone(),
                     _ => String::new(),
                 };
                 info!(domain, failures = dest.failures, wait_secs = wait.as_secs(), "destination unreachable; holding its mail");
             }
         }
-        result.outcomes
+        outcomes
     }
 
     /// Records one attempt's outcome on the envelope.
@@ -441,49 +434,24 @@ impl Scheduler {
                 info!(queue_id = %id, attempt = rcpt.attempts, "delivered");
                 debug!(queue_id = %id, recipient = %rcpt.address, "delivered to");
             }
-            Outcome::Temporary(why) => {
+            Outcome::Temporary(reply) => {
                 self.stats.deferred.fetch_add(1, Ordering::Relaxed);
-                warn!(queue_id = %id, attempt = rcpt.attempts, reason = %why, "deferred");
-                rcpt.last_error = Some(why);
+                warn!(queue_id = %id, attempt = rcpt.attempts, reason = %reply, "deferred");
+                rcpt.last_error = Some(reply.to_string());
             }
-            Outcome::Waiting(why, _) => {
+            Outcome::Waiting(reply, _) => {
                 // Not an attempt: undo the count.
                 rcpt.attempts = rcpt.attempts.saturating_sub(1);
-                debug!(queue_id = %id, reason = %why, "waiting for the destination");
-                rcpt.last_error = Some(why);
+                debug!(queue_id = %id, reason = %reply, "waiting for the destination");
+                rcpt.last_error = Some(reply.to_string());
             }
-            Outcome::Permanent(why) => {
+            Outcome::Permanent(reply) => {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                warn!(queue_id = %id, reason = %why, "failed permanently");
+                warn!(queue_id = %id, reason = %reply, "failed permanently");
                 rcpt.state = RecipientState::Failed;
-                rcpt.last_error = Some(why);
+                rcpt.last_error = Some(reply.to_string());
             }
         }
     }
 
-    async fn deliver_local(
-        &self,
-        envelope: &Envelope,
-        index: usize,
-        maildir: std::path::PathBuf,
-        user: String,
-        body: Arc<Vec<u8>>,
-    ) -> Outcome {
-        let host = self.config.maildir_host.clone();
-        let id = envelope.id;
-        let envelope = envelope.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            deliver_to_maildir(&maildir, &host, &envelope, index, &body)
-        })
-        .await;
-        match result {
-            Ok(Ok(Delivered::New(_))) => Outcome::Delivered,
-            Ok(Ok(Delivered::AlreadyThere(_))) => {
-                info!(queue_id = %id, "already in the Maildir (earlier attempt)");
-                Outcome::Delivered
-            }
-            Ok(Err(e)) => Outcome::Temporary(format!("Maildir of {user}: {e}")),
-            Err(e) => Outcome::Temporary(format!("delivery task failed: {e}")),
-        }
-    }
 }
