@@ -254,6 +254,7 @@ impl Scheduler {
         // Local recipients one by one; remote ones in one session per destination domain.
         let mut remote: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         let mut held_until = 0u64;
+        let mut remote_delivered = false;
         for &index in &pending {
             let route = self.router.route(&envelope.recipients[index].address);
             let outcome = match &route {
@@ -285,6 +286,7 @@ impl Scheduler {
                 ],
             };
             for (index, outcome) in indices.into_iter().zip(outcomes) {
+                remote_delivered |= outcome == Outcome::Delivered;
                 if let Outcome::Waiting(_, until) = &outcome {
                     held_until = held_until.max(*until);
                 }
@@ -318,8 +320,13 @@ impl Scheduler {
             warn!(queue_id = %id, error = %e, "cannot record delivery results; will retry");
             return;
         }
-        if let Err(e) = self.queue.sync().await {
-            warn!(queue_id = %id, error = %e, "cannot flush delivery results");
+        // Only a remote delivery must be on disk before we go on: forgetting it in a crash
+        // would send the message to the peer again. A forgotten local delivery is harmless
+        // (the Maildir name finds the earlier copy), and sled's own flush follows within 2 s.
+        if remote_delivered {
+            if let Err(e) = self.queue.sync().await {
+                warn!(queue_id = %id, error = %e, "cannot flush delivery results");
+            }
         }
     }
 
