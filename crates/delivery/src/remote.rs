@@ -238,6 +238,21 @@ impl RemoteDelivery {
         outcomes
     }
 
+    /// Sends the message after a 354 and reads the final reply (10 minutes at most, RFC
+    /// 5321 4.5.3.2.6). `Err` when the session broke.
+    async fn send_body(&self, client: &mut SmtpClient<BoxedStream>, domain: &str, body: &[u8]) -> Result<Outcome, Outcome> {
+        let finished = tokio::time::timeout(self.timeout * 2, async {
+            write_data(&mut client.stream, body).await.map_err(mail_send::Error::from)?;
+            client.read().await
+        })
+        .await;
+        match finished {
+            Ok(Ok(reply)) => Ok(outcome_of(domain, "DATA", &reply)),
+            Ok(Err(e)) => Err(failed(domain, "DATA", &e)),
+            Err(_) => Err(Outcome::temporary([4, 4, 2], format!("{domain}: no reply to the end of DATA in time"))),
+        }
+    }
+
     /// MAIL, RCPT..., DATA on an open session; pipelined when the peer offers it. `Err` when
     /// the session itself failed (every recipient gets that outcome).
     async fn transaction(
@@ -306,16 +321,7 @@ impl RemoteDelivery {
                 let _ = client.read().await;
                 return Ok(outcomes);
             }
-            let finished = tokio::time::timeout(self.timeout * 2, async {
-                write_data(&mut client.stream, &body).await.map_err(mail_send::Error::from)?;
-                client.read().await
-            })
-            .await;
-            let data = match finished {
-                Ok(Ok(reply)) => outcome_of(domain, "DATA", &reply),
-                Ok(Err(e)) => return Err(failed(domain, "DATA", &e)),
-                Err(_) => return Err(Outcome::temporary([4, 4, 2], format!("{domain}: no reply to the end of DATA in time"))),
-            };
+            let data = self.send_body(client, domain, &body).await?;
             for x in outcomes.iter_mut().filter(|x| **x == Outcome::Delivered) {
                 *x = data.clone();
             }
@@ -347,16 +353,7 @@ impl RemoteDelivery {
                 }
                 Err(e) => return Err(failed(domain, "DATA", &e)),
             }
-            let finished = tokio::time::timeout(self.timeout * 2, async {
-                write_data(&mut client.stream, &body).await.map_err(mail_send::Error::from)?;
-                client.read().await
-            })
-            .await;
-            let data = match finished {
-                Ok(Ok(reply)) => outcome_of(domain, "DATA", &reply),
-                Ok(Err(e)) => return Err(failed(domain, "DATA", &e)),
-                Err(_) => return Err(Outcome::temporary([4, 4, 2], format!("{domain}: no reply to the end of DATA in time"))),
-            };
+            let data = self.send_body(client, domain, &body).await?;
             for o in outcomes.iter_mut().filter(|o| **o == Outcome::Delivered) {
                 *o = data.clone();
             }

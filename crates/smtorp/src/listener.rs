@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use smtorp_smtp::{serve, Policy, Session, SessionConfig};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
+use std::future::Future;
+
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
@@ -59,37 +61,60 @@ pub async fn serve_tcp<P>(
     accept_loop(listener, factory, shutdown).await;
 }
 
-async fn accept_loop<P>(listener: TcpListener, factory: Arc<SessionFactory<P>>, mut shutdown: watch::Receiver<bool>)
+async fn accept_loop<P>(listener: TcpListener, factory: Arc<SessionFactory<P>>, shutdown: watch::Receiver<bool>)
 where
     P: Policy + Clone + Send + Sync + 'static,
 {
-    let slots = Arc::new(Semaphore::new(factory.max_sessions));
+    let (limit, hostname) = (factory.max_sessions, factory.config.hostname.clone());
+    accept_sessions(listener, limit, &hostname, "smtp", shutdown, move |stream, stop| {
+        let factory = factory.clone();
+        async move { run_session(stream, &factory, stop).await }
+    })
+    .await;
+}
+
+/// The accept loop every TCP listener shares: at most `max_sessions` sessions at once (a
+/// connection beyond that gets `421 4.3.2` and is closed), each run by `run`; on shutdown,
+/// stops accepting and gives open sessions (which got their 421 from the same signal) 5 s
+/// to end before closing them.
+pub async fn accept_sessions<F, Fut>(
+    listener: TcpListener,
+    max_sessions: usize,
+    hostname: &str,
+    kind: &'static str,
+    mut shutdown: watch::Receiver<bool>,
+    run: F,
+) where
+    F: Fn(TcpStream, watch::Receiver<bool>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(max_sessions));
     let mut sessions = JoinSet::new();
     let session_stop = shutdown.clone();
+    let busy = format!("421 4.3.2 {hostname} Too many connections, try again later\r\n");
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let mut stream = match accepted {
                     Ok((stream, _peer)) => stream,
                     Err(e) => {
-                        warn!(error = %e, "accept failed");
+                        warn!(error = %e, kind, "accept failed");
                         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                         continue;
                     }
                 };
                 let Ok(permit) = slots.clone().try_acquire_owned() else {
-                    let busy = format!("421 4.3.2 {} Too many connections, try again later\r\n", factory.config.hostname);
+                    let busy = busy.clone();
                     sessions.spawn(async move {
                         let _ = stream.write_all(busy.as_bytes()).await;
                         let _ = stream.shutdown().await;
                     });
                     continue;
                 };
-                let factory = factory.clone();
-                let stop = session_stop.clone();
+                let _ = stream.set_nodelay(true);
+                let session = run(stream, session_stop.clone());
                 sessions.spawn(async move {
-                    let _ = stream.set_nodelay(true);
-                    run_session(stream, &factory, stop).await;
+                    session.await;
                     drop(permit);
                 });
             }
@@ -98,14 +123,13 @@ where
         }
     }
     drop(listener);
-    // Sessions got their 421 from the shutdown signal; an enqueue in progress completes.
     let grace = tokio::time::sleep(std::time::Duration::from_secs(5));
     tokio::pin!(grace);
     loop {
         tokio::select! {
             next = sessions.join_next() => if next.is_none() { break },
             _ = &mut grace => {
-                warn!(open = sessions.len(), "sessions still open after 5 s; closing them");
+                warn!(open = sessions.len(), kind, "sessions still open after 5 s; closing them");
                 sessions.abort_all();
                 break;
             }

@@ -154,5 +154,12 @@ mod tests {
         assert!(text.ends_with("@b.onion>\r\nSubject: x\r\n\r\nbody\r\n"), "{text}");
         let bare = complete_header(b"just text\r\n", "a@b.onion", "b.onion", &p);
         assert!(bare.ends_with(b">\r\n\r\njust text\r\n"));
+        let kept = complete_header(
+            b"From: x@b.onion\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\nMessage-ID: <1@b>\r\n\r\nb\r\n",
+            "a@b.onion",
+            "b.onion",
+            &p,
+        );
+        assert!(kept.starts_with(b"From: x@b.onion\r\nDate: Mon"), "fields present are kept as they are");
     }
 }

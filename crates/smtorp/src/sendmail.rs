@@ -264,22 +264,4 @@ mod tests {
         assert_eq!(r, vec!["alice@a.onion", "bob@b.onion", "c@c.onion", "d@d.onion"]);
     }
 
-    #[test]
-    fn header_completion() {
-        let p = PrivacyConfig::default();
-        let out = complete_header(b"Subject: x\r\n\r\nbody\r\n", "a@b.onion", "b.onion", &p);
-        let text = String::from_utf8(out).unwrap();
-        assert!(text.starts_with("From: <a@b.onion>\r\nDate: "), "{text}");
-        assert!(text.contains(" +0000\r\nMessage-ID: <"), "{text}");
-        assert!(text.ends_with("@b.onion>\r\nSubject: x\r\n\r\nbody\r\n"), "{text}");
-        let kept = complete_header(
-            b"From: x@b.onion\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\nMessage-ID: <1@b>\r\n\r\nb\r\n",
-            "a@b.onion",
-            "b.onion",
-            &p,
-        );
-        assert!(kept.starts_with(b"From: x@b.onion\r\nDate: Mon"));
-        let bare = complete_header(b"just text\r\n", "a@b.onion", "b.onion", &p);
-        assert!(bare.ends_with(b">\r\n\r\njust text\r\n"));
-    }
 }

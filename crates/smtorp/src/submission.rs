@@ -22,9 +22,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use smtorp_queue::Origin;
 use smtorp_smtp::{serve_submission, Address, Credentials, Handler, Policy, Reply, Session, SessionConfig, SessionKind, Transaction};
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
@@ -32,7 +31,7 @@ use tracing::{debug, info, warn};
 use crate::config::{PrivacyConfig, Settings};
 use crate::directory::Directory;
 use crate::intake::{Arrival, Intake, IntakeError};
-use crate::listener::stopped;
+use crate::listener::{accept_sessions, stopped};
 use crate::{passwd, privacy, tls};
 
 /// Failed AUTH attempts for one user (from all sessions) that lock the user out for a while.
@@ -249,57 +248,19 @@ struct Port {
     max_sessions: usize,
 }
 
-async fn accept_loop(listener: TcpListener, port: Arc<Port>, mut shutdown: watch::Receiver<bool>) {
-    let slots = Arc::new(Semaphore::new(port.max_sessions));
-    let mut sessions = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let mut stream = match accepted {
-                    Ok((stream, _peer)) => stream,
-                    Err(e) => {
-                        warn!(error = %e, "accept failed (submission)");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let Ok(permit) = slots.clone().try_acquire_owned() else {
-                    let busy = format!("421 4.3.2 {} Too many connections, try again later\r\n", port.config.hostname);
-                    sessions.spawn(async move {
-                        let _ = stream.write_all(busy.as_bytes()).await;
-                        let _ = stream.shutdown().await;
-                    });
-                    continue;
-                };
-                let port = port.clone();
-                let mut stop = shutdown.clone();
-                sessions.spawn(async move {
-                    let _ = stream.set_nodelay(true);
-                    let session = Session::new(port.config.clone(), port.policy.clone());
-                    let stopping = async move { stopped(&mut stop).await };
-                    if let Err(e) = serve_submission(stream, session, port.handler.as_ref(), &port.acceptor, stopping).await {
-                        debug!(error = %e, "submission session ended with an I/O error");
-                    }
-                    drop(permit);
-                });
-            }
-            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
-            _ = stopped(&mut shutdown) => break,
-        }
-    }
-    drop(listener);
-    let grace = tokio::time::sleep(Duration::from_secs(5));
-    tokio::pin!(grace);
-    loop {
-        tokio::select! {
-            next = sessions.join_next() => if next.is_none() { break },
-            _ = &mut grace => {
-                warn!(open = sessions.len(), "submission sessions still open after 5 s; closing them");
-                sessions.abort_all();
-                break;
+async fn accept_loop(listener: TcpListener, port: Arc<Port>, shutdown: watch::Receiver<bool>) {
+    let (limit, hostname) = (port.max_sessions, port.config.hostname.clone());
+    accept_sessions(listener, limit, &hostname, "submission", shutdown, move |stream, mut stop| {
+        let port = port.clone();
+        async move {
+            let session = Session::new(port.config.clone(), port.policy.clone());
+            let stopping = async move { stopped(&mut stop).await };
+            if let Err(e) = serve_submission(stream, session, port.handler.as_ref(), &port.acceptor, stopping).await {
+                debug!(error = %e, "submission session ended with an I/O error");
             }
         }
-    }
+    })
+    .await;
 }
 
 #[cfg(test)]
