@@ -305,7 +305,7 @@ impl RemoteDelivery {
                 return Err(outcome_of(domain, "MAIL FROM", mail_reply));
             }
             let mut outcomes: Vec<Outcome> = rcpt_replies.iter().map(|r| outcome_of(domain, "RCPT TO", r)).collect();
-            let accepted = outcomes.iter().any(|o| *o == Outcome::Delivered);
+            let accepted = outcomes.contains(&Outcome::Delivered);
             if data_reply.code != 354 {
                 if accepted {
                     let o = outcome_of(domain, "DATA", data_reply);
@@ -341,7 +341,7 @@ impl RemoteDelivery {
                 Err(e) => return Err(failed(domain, "RCPT TO", &e)),
             }
         }
-        if outcomes.iter().any(|o| *o == Outcome::Delivered) {
+        if outcomes.contains(&Outcome::Delivered) {
             match client.cmd(b"DATA\r\n").await {
                 Ok(reply) if reply.code == 354 => {}
                 Ok(reply) => {
