@@ -9,14 +9,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Where the configuration is read from when `--config` is not given and `$SMTORP_CONFIG`
 /// is not set.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/smtorp/smtorp.toml";
 
 /// The whole configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Queue, maildrop, arti state and onion keys live here.
@@ -53,7 +53,7 @@ impl Default for Config {
 }
 
 /// `[onion]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OnionConfig {
     /// Publish port 25 as an onion service through arti.
@@ -71,7 +71,7 @@ impl Default for OnionConfig {
 }
 
 /// `[smtp]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SmtpConfig {
     /// Extra plain TCP listeners with exactly the onion-side rules.
@@ -105,7 +105,7 @@ impl Default for SmtpConfig {
 }
 
 /// `[submission]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SubmissionConfig {
     /// Submission listeners (STARTTLS + AUTH).
@@ -127,7 +127,7 @@ impl Default for SubmissionConfig {
 }
 
 /// `[local]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LocalConfig {
     /// Domains accepted as ours besides our own onion address.
@@ -152,7 +152,7 @@ impl Default for LocalConfig {
 }
 
 /// `[delivery]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeliveryConfig {
     /// Static routes: onion domain -> HOST:PORT over plain TCP.
@@ -180,7 +180,7 @@ impl Default for DeliveryConfig {
 }
 
 /// `[privacy]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PrivacyConfig {
     /// Add `Date` (UTC) to submitted mail that lacks one.
@@ -208,7 +208,7 @@ impl Default for PrivacyConfig {
 }
 
 /// `[log]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// `error`, `warn`, `info`, `debug` or `trace` (or a tracing filter); `RUST_LOG` overrides.
@@ -463,6 +463,30 @@ mod tests {
         let shipped = check(parse(text).unwrap()).unwrap();
         let default = check(Config::default()).unwrap();
         assert_eq!(format!("{:?}", shipped.config), format!("{:?}", default.config));
+    }
+
+    /// Every key the program knows is written out (with its default) in the shipped file.
+    #[test]
+    fn shipped_config_documents_every_key() {
+        fn keys(value: &toml::Value, prefix: &str, out: &mut Vec<String>) {
+            if let toml::Value::Table(table) = value {
+                for (k, v) in table {
+                    let name = format!("{prefix}{k}");
+                    out.push(name.clone());
+                    if matches!(v, toml::Value::Table(_)) && !["aliases", "routes"].contains(&k.as_str()) {
+                        keys(v, &format!("{name}."), out);
+                    }
+                }
+            }
+        }
+        let known = toml::Value::try_from(Config::default()).unwrap();
+        let shipped: toml::Value = toml::from_str(include_str!("../../../config/smtorp.toml")).unwrap();
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        keys(&known, "", &mut a);
+        keys(&shipped, "", &mut b);
+        a.sort();
+        b.sort();
+        assert_eq!(a, b);
     }
 
     #[test]
