@@ -47,7 +47,7 @@ def tornet(tmp_path_factory):
 class OnionServer(Server):
     """A smtorp server whose only way in is its onion service on the private network."""
 
-    def __init__(self, binary: Path, tmp: Path, arti_toml: Path, users):
+    def __init__(self, binary: Path, tmp: Path, arti_toml: Path, users, import_key: Path | None = None):
         super().__init__(binary, tmp, users=users, delivery={"retry_after": ["2s", "3s", "5s"]})
         text = self.config_path.read_text()
         text = text.replace(
@@ -58,6 +58,9 @@ class OnionServer(Server):
         text = re.sub(r'listen = \["127\.0\.0\.1:\d+"\]', "listen = []", text)
         text = re.sub(r"domains = \[[^\]]*\]", "domains = []", text)
         self.config_path.write_text(text)
+        if import_key is not None:
+            r = self.cli("import-key", str(import_key))
+            assert r.returncode == 0, r.stderr.decode()
         self.init()
         self.domain = (self.data_dir / "onion" / "hostname").read_text().strip()
 
@@ -224,3 +227,21 @@ def test_refused_recipient_bounces_to_the_sender(pair):
     assert "550" in text  # the remote reply is quoted in Diagnostic-Code
     returned = next(p for p in parts if p.get_content_type() == "text/rfc822-headers")
     assert "Subject: to a stranger" in returned.as_string()
+
+
+def test_an_imported_ctor_key_serves_its_old_address_over_tor(pair, tornet, tmp_path):
+    """Moving from C tor: the imported identity is published by arti and receives mail."""
+    from test_import_key import ctor_hidden_service_dir
+
+    a, _ = pair
+    hs = ctor_hidden_service_dir(tmp_path)
+    old_address = (hs / "hostname").read_text().strip()
+    c = OnionServer(binary_path(), tmp_path / "C", tornet / "arti.toml", ["carol"], import_key=hs)
+    assert c.domain == old_address
+    try:
+        c.start()
+        submit(a, f"alice@{a.domain}", f"carol@{old_address}", "to the old address")
+        m = find(c, "carol", "to the old address")
+        assert m["Delivered-To"] == f"carol@{old_address}"
+    finally:
+        c.kill()

@@ -3,9 +3,11 @@
 #![doc = include_str!("../README.md")]
 
 mod config;
+mod import;
 mod transport;
 
 pub use config::{client_config, OnionSettings};
+pub use import::import_ctor_key;
 pub use transport::{onion_address, InboundStreams, OnionError, OnionTransport, ServiceStatus};
 
 /// The stream type of both directions (tokio `AsyncRead + AsyncWrite`).

@@ -32,6 +32,12 @@ enum Command {
     Init,
     /// Print our onion address (creates the key if there is none yet).
     Address,
+    /// Keep the onion address of a C tor onion service (e.g. from exim4-smtorp): import its
+    /// hs_ed25519_secret_key (or the HiddenServiceDir holding it) before the first `init`.
+    ImportKey {
+        /// The C tor HiddenServiceDir, or its hs_ed25519_secret_key file.
+        path: PathBuf,
+    },
     /// Set the submission-port password of a local user (read from stdin: one line), or
     /// delete it with --delete.
     Passwd {
@@ -162,6 +168,13 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         Command::Passwd { delete, user } => {
             let settings = load(cli.config.as_deref())?;
             smtorp::passwd::command(&settings, &user, delete)
+        }
+        Command::ImportKey { path } => {
+            let settings = load(cli.config.as_deref())?;
+            layout::create(&settings)?;
+            let address = onion::import_key(&settings, &path)?;
+            println!("imported; onion address: {address}");
+            Ok(())
         }
         Command::Address => {
             let settings = load(cli.config.as_deref())?;

@@ -39,11 +39,7 @@ fn hostname_file(settings: &Settings) -> PathBuf {
 /// Our onion address: creates the identity key if there is none (offline), and mirrors the
 /// address into `<data_dir>/onion/hostname` (like C tor's `hostname` file).
 pub fn ensure_address(settings: &Settings) -> anyhow::Result<String> {
-    for dir in [settings.arti_state_dir(), settings.arti_cache_dir()] {
-        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        set_mode(&dir, 0o700)?;
-    }
-    set_mode(&settings.config.data_dir.join("arti"), 0o700)?;
+    prepare_arti_dirs(settings)?;
     let address = smtorp_onion::onion_address(&onion_settings(settings))
         .context("cannot read or create the onion service key")?;
     let file = hostname_file(settings);
@@ -55,6 +51,22 @@ pub fn ensure_address(settings: &Settings) -> anyhow::Result<String> {
             .with_context(|| format!("cannot write {}", file.display()))?;
     }
     Ok(address)
+}
+
+/// Imports a C tor onion service key (see `smtorp import-key`), then mirrors the address
+/// as [`ensure_address`] does.
+pub fn import_key(settings: &Settings, path: &std::path::Path) -> anyhow::Result<String> {
+    prepare_arti_dirs(settings)?;
+    smtorp_onion::import_ctor_key(&onion_settings(settings), path)?;
+    ensure_address(settings)
+}
+
+fn prepare_arti_dirs(settings: &Settings) -> anyhow::Result<()> {
+    for dir in [settings.arti_state_dir(), settings.arti_cache_dir()] {
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        set_mode(&dir, 0o700)?;
+    }
+    set_mode(&settings.config.data_dir.join("arti"), 0o700)
 }
 
 fn set_mode(path: &std::path::Path, mode: u32) -> anyhow::Result<()> {
