@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::say;
+
 use anyhow::{bail, Context};
 use smtorp_tornet::{Options, TorNet};
 
@@ -51,7 +53,7 @@ impl Drop for Server {
 }
 
 fn step(started: Instant, text: &str) {
-    println!("[{:6.1} s] {text}", started.elapsed().as_secs_f64());
+    say!("[{:6.1} s] {text}", started.elapsed().as_secs_f64());
 }
 
 fn smtorp(config: &Path) -> Command {
@@ -158,12 +160,12 @@ fn send(from: &Server, to: &Server, subject: &str, body: &str) -> anyhow::Result
 }
 
 fn show_message(path: &Path) {
-    println!("           file: {}", path.display());
+    say!("           file: {}", path.display());
     let text = fs::read_to_string(path).unwrap_or_default();
     for line in text.lines().take_while(|l| !l.is_empty()) {
         let keep = ["Return-Path:", "Delivered-To:", "Received:", "From:", "To:", "Subject:", "Date:", "Message-ID:"];
         if keep.iter().any(|k| line.starts_with(k)) || line.starts_with('\t') {
-            println!("           | {line}");
+            say!("           | {line}");
         }
     }
 }
@@ -253,8 +255,8 @@ pub async fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
     net.down();
     step(started, "Tor network stopped");
     match keep {
-        Some(dir) => println!("everything is kept in {} (logs: A/smtorp.log, B/smtorp.log)", dir.display()),
-        None => println!("done; use --keep DIR to keep the servers' folders and logs"),
+        Some(dir) => say!("everything is kept in {} (logs: A/smtorp.log, B/smtorp.log)", dir.display()),
+        None => say!("done; use --keep DIR to keep the servers' folders and logs"),
     }
     Ok(())
 }

@@ -16,6 +16,7 @@ pub mod layout;
 pub mod listener;
 pub mod maildrop;
 pub mod onion;
+pub mod output;
 pub mod passwd;
 pub mod privacy;
 pub mod queue_cmd;

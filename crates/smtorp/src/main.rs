@@ -4,6 +4,7 @@
 //! `smtorp queue list`.
 
 use smtorp::admin::Request;
+use smtorp::say;
 use smtorp::{config, daemon, demo, directory, layout, onion, queue_cmd, sendmail};
 
 use std::path::PathBuf;
@@ -150,15 +151,15 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             // Opening the queue once creates the store.
             drop(daemon::open_queue(&settings)?);
             if created.is_empty() {
-                println!("{} is ready; nothing to create", settings.config.data_dir.display());
+                say!("{} is ready; nothing to create", settings.config.data_dir.display());
             }
             for path in created {
-                println!("created {}", path.display());
+                say!("created {}", path.display());
             }
             if settings.config.onion.enabled {
                 let address = onion::ensure_address(&settings)?;
-                println!("onion address: {address}");
-                println!(
+                say!("onion address: {address}");
+                say!(
                     "the onion service key is in {}: back it up to keep this address",
                     settings.arti_state_dir().join("keystore").display()
                 );
@@ -173,16 +174,16 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             let settings = load(cli.config.as_deref())?;
             layout::create(&settings)?;
             let address = onion::import_key(&settings, &path)?;
-            println!("imported; onion address: {address}");
+            say!("imported; onion address: {address}");
             Ok(())
         }
         Command::Address => {
             let settings = load(cli.config.as_deref())?;
             match layout::onion_address(&settings) {
-                Some(address) => println!("{address}"),
+                Some(address) => say!("{address}"),
                 None if settings.config.onion.enabled => {
                     layout::create(&settings)?;
-                    println!("{}", onion::ensure_address(&settings)?);
+                    say!("{}", onion::ensure_address(&settings)?);
                 }
                 None => anyhow::bail!("the onion service is off ([onion] enabled = false) and has no key yet"),
             }
@@ -198,13 +199,13 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             let path = config::resolve_path(cli.config.as_deref());
             let settings = config::load(path.as_deref())?;
             match &path {
-                Some(p) => println!("{}: OK", p.display()),
-                None => println!("no configuration file: built-in defaults: OK"),
+                Some(p) => say!("{}: OK", p.display()),
+                None => say!("no configuration file: built-in defaults: OK"),
             }
-            println!("data_dir = {}", settings.config.data_dir.display());
-            println!("local domains = {:?}", settings.local_domains());
-            println!("local users = {:?}", settings.config.local.users);
-            println!("smtp listen = {:?}", settings.smtp_listen);
+            say!("data_dir = {}", settings.config.data_dir.display());
+            say!("local domains = {:?}", settings.local_domains());
+            say!("local users = {:?}", settings.config.local.users);
+            say!("smtp listen = {:?}", settings.smtp_listen);
             smtorp::tls::describe(&settings);
             Ok(())
         }

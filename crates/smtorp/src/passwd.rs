@@ -12,6 +12,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 
+use crate::say;
+
 use anyhow::{bail, Context};
 use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
@@ -157,7 +159,7 @@ pub fn command(settings: &Settings, user: &str, delete: bool) -> anyhow::Result<
             bail!("`{user}` has no password");
         }
         save(&file, &entries).with_context(|| format!("cannot write {}", file.display()))?;
-        println!("password of {user} removed");
+        say!("password of {user} removed");
         return Ok(());
     }
     let password = read_password(&user)?;
@@ -169,7 +171,7 @@ pub fn command(settings: &Settings, user: &str, delete: bool) -> anyhow::Result<
     }
     entries.insert(user.clone(), hash(&password)?);
     save(&file, &entries).with_context(|| format!("cannot write {}", file.display()))?;
-    println!("password of {user} set in {}", file.display());
+    say!("password of {user} set in {}", file.display());
     Ok(())
 }
 

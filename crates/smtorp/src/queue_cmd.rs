@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use crate::say;
+
 use anyhow::bail;
 use smtorp_queue::{Envelope, RecipientState};
 
@@ -90,23 +92,23 @@ pub fn print(answer: Answer) -> anyhow::Result<()> {
     match answer {
         Answer::Envelopes(list) => {
             for env in &list {
-                println!("{}", format_line(env, now));
+                say!("{}", format_line(env, now));
             }
-            println!("-- {} message(s) in the queue", list.len());
+            say!("-- {} message(s) in the queue", list.len());
         }
         Answer::Message { envelope, header } => {
-            println!("queue id:  {}", envelope.id);
-            println!("arrived:   {} ({} ago)", crate::headers::rfc5322_date(envelope.arrival), age(now.saturating_sub(envelope.arrival)));
-            println!("origin:    {:?}", envelope.origin);
-            println!("size:      {} bytes", envelope.size);
-            println!("sender:    <{}>", envelope.sender);
+            say!("queue id:  {}", envelope.id);
+            say!("arrived:   {} ({} ago)", crate::headers::rfc5322_date(envelope.arrival), age(now.saturating_sub(envelope.arrival)));
+            say!("origin:    {:?}", envelope.origin);
+            say!("size:      {} bytes", envelope.size);
+            say!("sender:    <{}>", envelope.sender);
             match envelope.next_due {
-                Some(t) if t > now => println!("next try:  in {}", age(t - now)),
-                Some(_) => println!("next try:  now"),
-                None => println!("next try:  none"),
+                Some(t) if t > now => say!("next try:  in {}", age(t - now)),
+                Some(_) => say!("next try:  now"),
+                None => say!("next try:  none"),
             }
             for r in &envelope.recipients {
-                println!(
+                say!(
                     "recipient: {} ({}, {} attempts){}",
                     r.address,
                     state(r.state),
@@ -114,10 +116,10 @@ pub fn print(answer: Answer) -> anyhow::Result<()> {
                     r.last_error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
                 );
             }
-            println!();
-            print!("{}", header.replace("\r\n", "\n"));
+            say!();
+            say!("{}", header.replace("\r\n", "\n").trim_end_matches('\n'));
         }
-        Answer::Count(n) => println!("{n} message(s)"),
+        Answer::Count(n) => say!("{n} message(s)"),
         Answer::Status(s) => print_status(&s),
     }
     Ok(())
@@ -125,22 +127,22 @@ pub fn print(answer: Answer) -> anyhow::Result<()> {
 
 fn print_status(s: &StatusReport) {
     let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-    println!("daemon:           {}", if s.daemon_running { "running" } else { "not running" });
+    say!("daemon:           {}", if s.daemon_running { "running" } else { "not running" });
     if let Some(up) = s.uptime_secs {
-        println!("uptime:           {}", age(up));
+        say!("uptime:           {}", age(up));
     }
-    println!("onion address:    {}", opt(&s.onion_address));
+    say!("onion address:    {}", opt(&s.onion_address));
     if s.daemon_running {
-        println!("tor:              {}", opt(&s.tor));
-        println!("onion service:    {}", opt(&s.onion_service));
+        say!("tor:              {}", opt(&s.tor));
+        say!("onion service:    {}", opt(&s.onion_service));
     }
-    println!("queued messages:  {}", s.messages);
-    println!("recipients:       {} new, {} deferred", s.recipients_new, s.recipients_deferred);
+    say!("queued messages:  {}", s.messages);
+    say!("recipients:       {} new, {} deferred", s.recipients_new, s.recipients_deferred);
     if let (Some(d), Some(f), Some(r)) = (s.delivered_since_start, s.failed_since_start, s.deferred_since_start) {
-        println!("since start:      {d} delivered, {f} failed, {r} deferred attempts");
+        say!("since start:      {d} delivered, {f} failed, {r} deferred attempts");
     }
     if let Some(c) = s.connections_since_start {
-        println!("outbound:         {c} connections opened since start");
+        say!("outbound:         {c} connections opened since start");
     }
 }
 

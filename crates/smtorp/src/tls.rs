@@ -14,6 +14,8 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::say;
+
 use anyhow::{bail, Context};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -139,21 +141,21 @@ pub fn init(settings: &Settings) -> anyhow::Result<()> {
     }
     let settings = Arc::new(settings.clone());
     if let Some(path) = ensure(&settings, &primary_domain(&settings))? {
-        println!("created {} (self-signed, for the submission port)", path.display());
+        say!("created {} (self-signed, for the submission port)", path.display());
     }
-    println!("submission certificate SHA-256 fingerprint: {}", fingerprint(&settings)?);
+    say!("submission certificate SHA-256 fingerprint: {}", fingerprint(&settings)?);
     Ok(())
 }
 
 /// `smtorp check-config`: the submission settings and the certificate's fingerprint.
 pub fn describe(settings: &Settings) {
-    println!("submission listen = {:?}", settings.config.submission.listen);
+    say!("submission listen = {:?}", settings.config.submission.listen);
     if settings.config.submission.listen.is_empty() {
         return;
     }
     match fingerprint(settings) {
-        Ok(fp) => println!("submission certificate SHA-256 fingerprint: {fp}"),
-        Err(e) => println!("submission certificate: {e:#} (run `smtorp init`)"),
+        Ok(fp) => say!("submission certificate SHA-256 fingerprint: {fp}"),
+        Err(e) => say!("submission certificate: {e:#} (run `smtorp init`)"),
     }
 }
 
