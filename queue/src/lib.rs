@@ -218,6 +218,26 @@ fn encode(env: &Envelope) -> Result<Vec<u8>, QueueError> {
     serde_json::to_vec(env).map_err(|e| QueueError::Corrupt(format!("envelope {}: {e}", env.id)))
 }
 
+/// True if sled could not lock the store (another process, or one that is just closing).
+fn is_lock_error(io: &std::io::Error) -> bool {
+    io.to_string().contains("could not acquire lock")
+}
+
+/// Opens the sled store. A store closed a moment ago may still be locked while sled's
+/// background thread finishes (a restart, a reopen in the same process): wait for it, up to
+/// two seconds, before reporting the lock.
+fn open_store(dir: &Path) -> Result<sled::Db, sled::Error> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match sled::Config::new().path(dir).flush_every_ms(Some(BACKGROUND_FLUSH_MS)).open() {
+            Err(sled::Error::Io(io)) if is_lock_error(&io) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Background flush interval of sled: only a backstop for writes nobody syncs (updates
 /// after a delivery); acknowledgements rely on the explicit group-commit flushes.
 const BACKGROUND_FLUSH_MS: u64 = 2_000;
@@ -240,12 +260,8 @@ impl Queue {
                     )))
                 })?;
         }
-        let db = sled::Config::new()
-            .path(dir)
-            .flush_every_ms(Some(BACKGROUND_FLUSH_MS))
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+        let db = open_store(dir).map_err(|e| match e {
+                sled::Error::Io(io) if is_lock_error(&io) => {
                     QueueError::Store(sled::Error::Io(std::io::Error::new(
                         io.kind(),
                         format!(
