@@ -14,7 +14,14 @@ fn fill(queue: &Queue, n: usize) {
     let body = vec![b'x'; 2048];
     for i in 0..n {
         let id = queue.next_id().expect("id");
-        let msg = NewMessage { id, sender: "a@a.onion", recipients: &rcpts, origin: Origin::Smtp, arrival: NOW, body: &body };
+        let msg = NewMessage {
+            id,
+            sender: "a@a.onion",
+            recipients: &rcpts,
+            origin: Origin::Smtp,
+            arrival: NOW,
+            body: &body,
+        };
         let mut env = queue.insert(&msg).expect("insert");
         // Deferred: due between 1 h and 4 h from now.
         env.next_due = Some(NOW + 3600 + (i as u64 % 10_800));
@@ -39,7 +46,14 @@ fn measure(label: &str, queue: &Queue) {
     for _ in 0..fresh_rounds {
         let t = Instant::now();
         let id = queue.next_id().expect("id");
-        let msg = NewMessage { id, sender: "a@a.onion", recipients: &rcpts, origin: Origin::Smtp, arrival: NOW, body: &body };
+        let msg = NewMessage {
+            id,
+            sender: "a@a.onion",
+            recipients: &rcpts,
+            origin: Origin::Smtp,
+            arrival: NOW,
+            body: &body,
+        };
         queue.insert(&msg).expect("insert");
         queue.sync_blocking().expect("sync");
         let due = queue.due(NOW, 256).expect("due");
@@ -55,7 +69,10 @@ fn measure(label: &str, queue: &Queue) {
 }
 
 fn main() {
-    let n: usize = std::env::var("BACKLOG").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let n: usize = std::env::var("BACKLOG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
     let empty = tempfile::tempdir().expect("tempdir");
     let queue = Queue::open(empty.path()).expect("open");
     measure("empty queue", &queue);
@@ -65,6 +82,9 @@ fn main() {
     let queue = Queue::open(full.path()).expect("open");
     let t = Instant::now();
     fill(&queue, n);
-    println!("(filled {n} deferred messages in {:.1} s)", t.elapsed().as_secs_f64());
+    println!(
+        "(filled {n} deferred messages in {:.1} s)",
+        t.elapsed().as_secs_f64()
+    );
     measure(&format!("{n} deferred"), &queue);
 }

@@ -229,8 +229,14 @@ fn is_lock_error(io: &std::io::Error) -> bool {
 fn open_store(dir: &Path) -> Result<sled::Db, sled::Error> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     loop {
-        match sled::Config::new().path(dir).flush_every_ms(Some(BACKGROUND_FLUSH_MS)).open() {
-            Err(sled::Error::Io(io)) if is_lock_error(&io) && std::time::Instant::now() < deadline => {
+        match sled::Config::new()
+            .path(dir)
+            .flush_every_ms(Some(BACKGROUND_FLUSH_MS))
+            .open()
+        {
+            Err(sled::Error::Io(io))
+                if is_lock_error(&io) && std::time::Instant::now() < deadline =>
+            {
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
             other => return other,
@@ -261,18 +267,18 @@ impl Queue {
                 })?;
         }
         let db = open_store(dir).map_err(|e| match e {
-                sled::Error::Io(io) if is_lock_error(&io) => {
-                    QueueError::Store(sled::Error::Io(std::io::Error::new(
-                        io.kind(),
-                        format!(
-                            "queue store {} is locked by another process \
+            sled::Error::Io(io) if is_lock_error(&io) => {
+                QueueError::Store(sled::Error::Io(std::io::Error::new(
+                    io.kind(),
+                    format!(
+                        "queue store {} is locked by another process \
                              (is the smtorp daemon running?): {io}",
-                            dir.display()
-                        ),
-                    )))
-                }
-                other => QueueError::Store(other),
-            })?;
+                        dir.display()
+                    ),
+                )))
+            }
+            other => QueueError::Store(other),
+        })?;
         let envelopes = db.open_tree(keys::ENVELOPES)?;
         let bodies = db.open_tree(keys::BODIES)?;
         let due = db.open_tree(keys::DUE)?;
@@ -338,7 +344,11 @@ impl Queue {
     /// recorded before (the same thing was enqueued already, e.g. a maildrop file picked up
     /// again after a crash), writes nothing and returns `None`. Tokens stay until
     /// [`Queue::forget_token`].
-    pub fn insert_once(&self, msg: &NewMessage<'_>, token: &str) -> Result<Option<Envelope>, QueueError> {
+    pub fn insert_once(
+        &self,
+        msg: &NewMessage<'_>,
+        token: &str,
+    ) -> Result<Option<Envelope>, QueueError> {
         self.insert_inner(msg, Some(token.as_bytes()))
     }
 
@@ -359,11 +369,18 @@ impl Queue {
         self.tokens
             .iter()
             .keys()
-            .map(|k| k.map(|k| String::from_utf8_lossy(&k).into_owned()).map_err(QueueError::from))
+            .map(|k| {
+                k.map(|k| String::from_utf8_lossy(&k).into_owned())
+                    .map_err(QueueError::from)
+            })
             .collect()
     }
 
-    fn insert_inner(&self, msg: &NewMessage<'_>, token: Option<&[u8]>) -> Result<Option<Envelope>, QueueError> {
+    fn insert_inner(
+        &self,
+        msg: &NewMessage<'_>,
+        token: Option<&[u8]>,
+    ) -> Result<Option<Envelope>, QueueError> {
         let env = Envelope {
             id: msg.id,
             sender: msg.sender.to_owned(),

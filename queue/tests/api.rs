@@ -380,7 +380,10 @@ fn insert_once_refuses_a_token_seen_before() {
     assert!(queue.has_token("drop-1").unwrap());
     let second = queue.next_id().unwrap();
     assert!(queue.insert_once(&msg(second), "drop-1").unwrap().is_none());
-    assert!(queue.envelope(second).unwrap().is_none(), "nothing written the second time");
+    assert!(
+        queue.envelope(second).unwrap().is_none(),
+        "nothing written the second time"
+    );
     assert_eq!(queue.len(), 1);
     queue.sync_blocking().unwrap();
     drop(queue);

@@ -9,11 +9,14 @@ mod scheduler;
 mod sink;
 
 pub use local::{deliver_to_maildir, MaildirSink};
-pub use remote::{BoxedStream, ConnectError, ConnectFuture, Connector, PeerStream, RemoteDelivery, IDLE_TTL};
-pub use sink::{Job, Outcome, Sink, SinkFuture, SmtpReply};
-pub use scheduler::{
-    BackoffReset, BounceFuture, Bouncer, FailedRecipient, FailureReport, Scheduler, SchedulerConfig, Stats,
+pub use remote::{
+    BoxedStream, ConnectError, ConnectFuture, Connector, PeerStream, RemoteDelivery, IDLE_TTL,
 };
+pub use scheduler::{
+    BackoffReset, BounceFuture, Bouncer, FailedRecipient, FailureReport, Scheduler,
+    SchedulerConfig, Stats,
+};
+pub use sink::{Job, Outcome, Sink, SinkFuture, SmtpReply};
 
 use std::path::PathBuf;
 

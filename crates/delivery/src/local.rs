@@ -43,16 +43,24 @@ impl Sink for MaildirSink {
     fn deliver<'a>(&'a self, job: Job<'a>) -> SinkFuture<'a> {
         Box::pin(async move {
             let Route::Local { maildir, user } = job.route else {
-                return vec![Outcome::permanent([5, 3, 5], "not a local route"); job.recipients.len()];
+                return vec![
+                    Outcome::permanent([5, 3, 5], "not a local route");
+                    job.recipients.len()
+                ];
             };
             let mut outcomes = Vec::with_capacity(job.recipients.len());
             for &index in job.recipients {
-                let (host, maildir, envelope, body) =
-                    (self.host.clone(), maildir.clone(), job.envelope.clone(), job.body.to_vec());
+                let (host, maildir, envelope, body) = (
+                    self.host.clone(),
+                    maildir.clone(),
+                    job.envelope.clone(),
+                    job.body.to_vec(),
+                );
                 let id = envelope.id;
-                let result =
-                    tokio::task::spawn_blocking(move || deliver_to_maildir(&maildir, &host, &envelope, index, &body))
-                        .await;
+                let result = tokio::task::spawn_blocking(move || {
+                    deliver_to_maildir(&maildir, &host, &envelope, index, &body)
+                })
+                .await;
                 outcomes.push(match result {
                     Ok(Ok(Delivered::New(_))) => Outcome::Delivered,
                     Ok(Ok(Delivered::AlreadyThere(_))) => {

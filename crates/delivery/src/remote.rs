@@ -39,7 +39,8 @@ pub struct ConnectError {
 }
 
 /// The future a [`Connector`] returns.
-pub type ConnectFuture<'a> = Pin<Box<dyn Future<Output = Result<BoxedStream, ConnectError>> + Send + 'a>>;
+pub type ConnectFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<BoxedStream, ConnectError>> + Send + 'a>>;
 
 /// Opens streams to the SMTP service of an onion domain (implemented by the binary: static
 /// routes over TCP, else arti). Never resolves names, never reaches a clearnet host.
@@ -69,7 +70,11 @@ pub struct RemoteDelivery {
 
 /// The outcome of a peer's reply at `stage`, with its text kept for the sender.
 fn outcome_of(domain: &str, stage: &str, reply: &Response<String>) -> Outcome {
-    let enhanced = if reply.esc[0] > 0 { reply.esc } else { [(reply.code / 100) as u8, 0, 0] };
+    let enhanced = if reply.esc[0] > 0 {
+        reply.esc
+    } else {
+        [(reply.code / 100) as u8, 0, 0]
+    };
     let text = format!("{domain} answered {stage}: {}", reply.message);
     Outcome::from_reply(SmtpReply::new(reply.code, enhanced, text))
 }
@@ -85,14 +90,11 @@ fn failed(domain: &str, stage: &str, error: &mail_send::Error) -> Outcome {
 
 /// The message with every line ending made CRLF: no bare CR or LF ever goes out.
 fn crlf(body: &[u8]) -> std::borrow::Cow<'_, [u8]> {
-    let clean = body
-        .iter()
-        .enumerate()
-        .all(|(i, &b)| match b {
-            b'\r' => body.get(i + 1) == Some(&b'\n'),
-            b'\n' => i > 0 && body[i - 1] == b'\r',
-            _ => true,
-        });
+    let clean = body.iter().enumerate().all(|(i, &b)| match b {
+        b'\r' => body.get(i + 1) == Some(&b'\n'),
+        b'\n' => i > 0 && body[i - 1] == b'\r',
+        _ => true,
+    });
     if clean {
         return std::borrow::Cow::Borrowed(body);
     }
@@ -178,18 +180,31 @@ impl RemoteDelivery {
             Err(e) if e.temporary => return Err(Outcome::temporary([4, 4, 1], e.message)),
             Err(e) => return Err(Outcome::permanent([5, 1, 2], e.message)),
         };
-        self.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut client = SmtpClient { stream, timeout: self.timeout };
+        self.connections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut client = SmtpClient {
+            stream,
+            timeout: self.timeout,
+        };
         let greeting = match tokio::time::timeout(self.timeout, client.read()).await {
             Ok(Ok(reply)) => reply,
             Ok(Err(e)) => return Err(failed(domain, "the connection", &e)),
-            Err(_) => return Err(Outcome::temporary([4, 4, 1], format!("{domain}: no greeting in time"))),
+            Err(_) => {
+                return Err(Outcome::temporary(
+                    [4, 4, 1],
+                    format!("{domain}: no greeting in time"),
+                ))
+            }
         };
         if greeting.code != 220 {
             return Err(outcome_of(domain, "the connection", &greeting));
         }
         match client.ehlo(&self.helo).await {
-            Ok(ehlo) => Ok(Session { client, ehlo, idle_since: Instant::now() }),
+            Ok(ehlo) => Ok(Session {
+                client,
+                ehlo,
+                idle_since: Instant::now(),
+            }),
             Err(e) => Err(failed(domain, "EHLO", &e)),
         }
     }
@@ -200,8 +215,9 @@ impl RemoteDelivery {
             let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
             let mut out = Vec::new();
             for sessions in idle.values_mut() {
-                let (old, keep): (Vec<Session>, Vec<Session>) =
-                    sessions.drain(..).partition(|s| s.idle_since.elapsed() >= IDLE_TTL);
+                let (old, keep): (Vec<Session>, Vec<Session>) = sessions
+                    .drain(..)
+                    .partition(|s| s.idle_since.elapsed() >= IDLE_TTL);
                 *sessions = keep;
                 out.extend(old);
             }
@@ -215,7 +231,13 @@ impl RemoteDelivery {
 
     /// One transaction to `domain`: MAIL FROM `sender`, one RCPT per recipient, DATA `body`,
     /// on a cached session when one is idle, else on a new one.
-    pub async fn deliver(&self, domain: &str, sender: &str, recipients: &[String], body: &[u8]) -> Vec<Outcome> {
+    pub async fn deliver(
+        &self,
+        domain: &str,
+        sender: &str,
+        recipients: &[String],
+        body: &[u8],
+    ) -> Vec<Outcome> {
         let all = |o: Outcome| vec![o; recipients.len()];
         let mut session = match self.reuse(domain).await {
             Some(s) => s,
@@ -224,7 +246,10 @@ impl RemoteDelivery {
                 Err(o) => return all(o),
             },
         };
-        let outcomes = match self.transaction(&mut session, domain, sender, recipients, body).await {
+        let outcomes = match self
+            .transaction(&mut session, domain, sender, recipients, body)
+            .await
+        {
             Ok(outcomes) => outcomes,
             Err(o) => return all(o), // the session is broken: dropped, not cached
         };
@@ -240,16 +265,26 @@ impl RemoteDelivery {
 
     /// Sends the message after a 354 and reads the final reply (10 minutes at most, RFC
     /// 5321 4.5.3.2.6). `Err` when the session broke.
-    async fn send_body(&self, client: &mut SmtpClient<BoxedStream>, domain: &str, body: &[u8]) -> Result<Outcome, Outcome> {
+    async fn send_body(
+        &self,
+        client: &mut SmtpClient<BoxedStream>,
+        domain: &str,
+        body: &[u8],
+    ) -> Result<Outcome, Outcome> {
         let finished = tokio::time::timeout(self.timeout * 2, async {
-            write_data(&mut client.stream, body).await.map_err(mail_send::Error::from)?;
+            write_data(&mut client.stream, body)
+                .await
+                .map_err(mail_send::Error::from)?;
             client.read().await
         })
         .await;
         match finished {
             Ok(Ok(reply)) => Ok(outcome_of(domain, "DATA", &reply)),
             Ok(Err(e)) => Err(failed(domain, "DATA", &e)),
-            Err(_) => Err(Outcome::temporary([4, 4, 2], format!("{domain}: no reply to the end of DATA in time"))),
+            Err(_) => Err(Outcome::temporary(
+                [4, 4, 2],
+                format!("{domain}: no reply to the end of DATA in time"),
+            )),
         }
     }
 
@@ -274,7 +309,10 @@ impl RemoteDelivery {
             mail.push_str(" SMTPUTF8");
         }
         mail.push_str("\r\n");
-        let rcpts: Vec<String> = recipients.iter().map(|r| format!("RCPT TO:<{r}>\r\n")).collect();
+        let rcpts: Vec<String> = recipients
+            .iter()
+            .map(|r| format!("RCPT TO:<{r}>\r\n"))
+            .collect();
         let body = crlf(body);
 
         if ehlo.has_capability(smtp_proto::EXT_PIPELINING) {
@@ -292,11 +330,19 @@ impl RemoteDelivery {
                 client.read_many(expected).await
             })
             .await
-            .map_err(|_| Outcome::temporary([4, 4, 2], format!("{domain}: no reply to the envelope in time")))?
+            .map_err(|_| {
+                Outcome::temporary(
+                    [4, 4, 2],
+                    format!("{domain}: no reply to the envelope in time"),
+                )
+            })?
             .map_err(|e| failed(domain, "the envelope", &e))?;
-            let (mail_reply, rest) = replies.split_first().ok_or_else(|| Outcome::temporary([4, 4, 2], format!("{domain}: no reply")))?;
-            let (data_reply, rcpt_replies) =
-                rest.split_last().ok_or_else(|| Outcome::temporary([4, 4, 2], format!("{domain}: no reply")))?;
+            let (mail_reply, rest) = replies
+                .split_first()
+                .ok_or_else(|| Outcome::temporary([4, 4, 2], format!("{domain}: no reply")))?;
+            let (data_reply, rcpt_replies) = rest
+                .split_last()
+                .ok_or_else(|| Outcome::temporary([4, 4, 2], format!("{domain}: no reply")))?;
             if mail_reply.code / 100 != 2 {
                 if data_reply.code == 354 {
                     let _ = client.stream.write_all(b".\r\n").await;
@@ -304,7 +350,10 @@ impl RemoteDelivery {
                 }
                 return Err(outcome_of(domain, "MAIL FROM", mail_reply));
             }
-            let mut outcomes: Vec<Outcome> = rcpt_replies.iter().map(|r| outcome_of(domain, "RCPT TO", r)).collect();
+            let mut outcomes: Vec<Outcome> = rcpt_replies
+                .iter()
+                .map(|r| outcome_of(domain, "RCPT TO", r))
+                .collect();
             let accepted = outcomes.contains(&Outcome::Delivered);
             if data_reply.code != 354 {
                 if accepted {
@@ -369,10 +418,16 @@ impl Sink for RemoteDelivery {
     fn deliver<'a>(&'a self, job: Job<'a>) -> SinkFuture<'a> {
         Box::pin(async move {
             let Route::Remote { domain } = job.route else {
-                return vec![Outcome::permanent([5, 3, 5], "not a remote route"); job.recipients.len()];
+                return vec![
+                    Outcome::permanent([5, 3, 5], "not a remote route");
+                    job.recipients.len()
+                ];
             };
-            let rcpts: Vec<String> =
-                job.recipients.iter().map(|&i| job.envelope.recipients[i].address.clone()).collect();
+            let rcpts: Vec<String> = job
+                .recipients
+                .iter()
+                .map(|&i| job.envelope.recipients[i].address.clone())
+                .collect();
             RemoteDelivery::deliver(self, domain, &job.envelope.sender, &rcpts, job.body).await
         })
     }
@@ -389,13 +444,18 @@ mod tests {
         write_data(&mut stream, body).await.unwrap();
         drop(stream);
         let mut out = Vec::new();
-        tokio::io::AsyncReadExt::read_to_end(&mut b, &mut out).await.unwrap();
+        tokio::io::AsyncReadExt::read_to_end(&mut b, &mut out)
+            .await
+            .unwrap();
         out
     }
 
     #[tokio::test]
     async fn data_is_dot_stuffed_and_ends_without_an_extra_line() {
-        assert_eq!(written(b"a\r\n.b\r\n..c\r\n.\r\n").await, b"a\r\n..b\r\n...c\r\n..\r\n.\r\n");
+        assert_eq!(
+            written(b"a\r\n.b\r\n..c\r\n.\r\n").await,
+            b"a\r\n..b\r\n...c\r\n..\r\n.\r\n"
+        );
         assert_eq!(written(b".x").await, b"..x\r\n.\r\n");
         assert_eq!(written(b"").await, b".\r\n");
     }

@@ -135,7 +135,9 @@ impl Scheduler {
     /// A scheduler over `queue`, routing with `router`.
     pub fn new(queue: Arc<Queue>, router: Arc<dyn Router>, config: SchedulerConfig) -> Scheduler {
         Scheduler {
-            local: MaildirSink { host: config.maildir_host.clone() },
+            local: MaildirSink {
+                host: config.maildir_host.clone(),
+            },
             queue,
             router,
             config,
@@ -197,14 +199,21 @@ impl Scheduler {
                 }
             }
             let mut full = false;
-            match this.queue.due(unix_now(), DUE_BATCH.max(this.config.concurrency * 2)) {
+            match this
+                .queue
+                .due(unix_now(), DUE_BATCH.max(this.config.concurrency * 2))
+            {
                 Ok(ids) => {
                     for id in ids {
                         if tasks.len() >= this.config.concurrency {
                             full = true;
                             break;
                         }
-                        let fresh = this.active.lock().map(|mut a| a.insert(id)).unwrap_or(false);
+                        let fresh = this
+                            .active
+                            .lock()
+                            .map(|mut a| a.insert(id))
+                            .unwrap_or(false);
                         if !fresh {
                             continue;
                         }
@@ -259,8 +268,17 @@ impl Scheduler {
             let route = self.router.route(&envelope.recipients[index].address);
             let outcome = match &route {
                 Route::Local { .. } => {
-                    let job = Job { envelope: &envelope, body: &body, recipients: &[index], route: &route };
-                    self.local.deliver(job).await.pop().unwrap_or_else(|| Outcome::temporary([4, 3, 0], "no outcome"))
+                    let job = Job {
+                        envelope: &envelope,
+                        body: &body,
+                        recipients: &[index],
+                        route: &route,
+                    };
+                    self.local
+                        .deliver(job)
+                        .await
+                        .pop()
+                        .unwrap_or_else(|| Outcome::temporary([4, 3, 0], "no outcome"))
                 }
                 Route::Remote { domain } => {
                     remote.entry(domain.clone()).or_default().push(index);
@@ -298,7 +316,9 @@ impl Scheduler {
             .recipients
             .iter()
             .zip(&before)
-            .filter(|(r, was)| r.state == RecipientState::Failed && **was == RecipientState::Pending)
+            .filter(|(r, was)| {
+                r.state == RecipientState::Failed && **was == RecipientState::Pending
+            })
             .map(|(r, _)| FailedRecipient {
                 address: r.address.clone(),
                 reason: r.last_error.clone().unwrap_or_default(),
@@ -308,7 +328,11 @@ impl Scheduler {
             if envelope.sender.is_empty() || envelope.origin == Origin::Bounce {
                 info!(queue_id = %id, "not bouncing a message with a null sender");
             } else if let Some(bouncer) = &self.bouncer {
-                let report = FailureReport { envelope: &envelope, failed: &failed, body: &body };
+                let report = FailureReport {
+                    envelope: &envelope,
+                    failed: &failed,
+                    body: &body,
+                };
                 if let Err(e) = bouncer.bounce(&report).await {
                     // Keep the message as it was: it is tried (and bounced) again later.
                     warn!(queue_id = %id, error = %e, "cannot queue the bounce; keeping the message");
@@ -339,9 +363,15 @@ impl Scheduler {
         }
         let age = now.saturating_sub(envelope.arrival);
         if age >= self.config.max_lifetime.as_secs() {
-            for rcpt in envelope.recipients.iter_mut().filter(|r| r.state == RecipientState::Pending) {
+            for rcpt in envelope
+                .recipients
+                .iter_mut()
+                .filter(|r| r.state == RecipientState::Pending)
+            {
                 let last = rcpt.last_error.take().unwrap_or_default();
-                rcpt.last_error = Some(format!("expired after {age} s in the queue; last error: {last}"));
+                rcpt.last_error = Some(format!(
+                    "expired after {age} s in the queue; last error: {last}"
+                ));
                 rcpt.state = RecipientState::Failed;
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
             }
@@ -349,10 +379,9 @@ impl Scheduler {
             envelope.next_due = None;
             return;
         }
-        let retried = envelope
-            .recipients
-            .iter()
-            .any(|r| r.state == RecipientState::Pending && r.last_error.is_some() && r.attempts > 0);
+        let retried = envelope.recipients.iter().any(|r| {
+            r.state == RecipientState::Pending && r.last_error.is_some() && r.attempts > 0
+        });
         let normal = now + self.retry_delay(envelope).as_secs();
         envelope.next_due = Some(match (held_until > now, retried) {
             // Waiting only for a destination that is down: try when it may be back.
@@ -394,8 +423,15 @@ impl Scheduler {
                 reason: String::new(),
             });
             if dest.down_until > now {
-                let why = format!("{domain} is unreachable, next try in {} s: {}", dest.down_until - now, dest.reason);
-                return vec![Outcome::Waiting(SmtpReply::new(451, [4, 4, 1], why), dest.down_until); rcpts.len()];
+                let why = format!(
+                    "{domain} is unreachable, next try in {} s: {}",
+                    dest.down_until - now,
+                    dest.reason
+                );
+                return vec![
+                    Outcome::Waiting(SmtpReply::new(451, [4, 4, 1], why), dest.down_until);
+                    rcpts.len()
+                ];
             }
             dest.slots.clone()
         };
@@ -419,10 +455,17 @@ impl Scheduler {
                     .unwrap_or(Duration::from_secs(60));
                 dest.down_until = unix_now() + wait.as_secs();
                 dest.reason = match outcomes.first() {
-                    Some(Outcome::Temporary(r) | Outcome::Permanent(r) | Outcome::Waiting(r, _)) => r.text.clone(),
+                    Some(
+                        Outcome::Temporary(r) | Outcome::Permanent(r) | Outcome::Waiting(r, _),
+                    ) => r.text.clone(),
                     _ => String::new(),
                 };
-                info!(domain, failures = dest.failures, wait_secs = wait.as_secs(), "destination unreachable; holding its mail");
+                info!(
+                    domain,
+                    failures = dest.failures,
+                    wait_secs = wait.as_secs(),
+                    "destination unreachable; holding its mail"
+                );
             }
         }
         outcomes
@@ -460,5 +503,4 @@ impl Scheduler {
             }
         }
     }
-
 }

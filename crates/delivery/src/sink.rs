@@ -25,14 +25,21 @@ pub struct SmtpReply {
 impl SmtpReply {
     /// A reply from its parts; CR and LF in `text` become spaces.
     pub fn new(code: u16, enhanced: [u8; 3], text: impl Into<String>) -> SmtpReply {
-        SmtpReply { code, enhanced, text: text.into().replace(['\r', '\n'], " ") }
+        SmtpReply {
+            code,
+            enhanced,
+            text: text.into().replace(['\r', '\n'], " "),
+        }
     }
 
     /// Parses `"550 5.1.1 text"` (the form routers use); anything else becomes
     /// `550 5.0.0 <text>`.
     pub fn parse(text: &str) -> SmtpReply {
         let mut words = text.splitn(3, ' ');
-        let code = words.next().and_then(|c| c.parse::<u16>().ok()).filter(|c| (200..600).contains(c));
+        let code = words
+            .next()
+            .and_then(|c| c.parse::<u16>().ok())
+            .filter(|c| (200..600).contains(c));
         let enhanced = words.next().and_then(|e| {
             let parts: Vec<u8> = e.split('.').filter_map(|p| p.parse().ok()).collect();
             (parts.len() == 3).then(|| [parts[0], parts[1], parts[2]])
@@ -121,7 +128,10 @@ mod tests {
     #[test]
     fn replies_parse_and_print() {
         let r = SmtpReply::parse("550 5.1.1 No such user here");
-        assert_eq!((r.code, r.enhanced, r.text.as_str()), (550, [5, 1, 1], "No such user here"));
+        assert_eq!(
+            (r.code, r.enhanced, r.text.as_str()),
+            (550, [5, 1, 1], "No such user here")
+        );
         assert_eq!(r.to_string(), "550 5.1.1 No such user here");
         let r = SmtpReply::parse("something odd");
         assert_eq!(r.to_string(), "550 5.0.0 something odd");
@@ -130,9 +140,18 @@ mod tests {
 
     #[test]
     fn classification() {
-        assert_eq!(Outcome::from_reply(SmtpReply::new(250, [2, 0, 0], "ok")), Outcome::Delivered);
-        assert!(matches!(Outcome::from_reply(SmtpReply::new(421, [4, 3, 2], "x")), Outcome::Temporary(_)));
-        assert!(matches!(Outcome::from_reply(SmtpReply::new(554, [5, 0, 0], "x")), Outcome::Permanent(_)));
+        assert_eq!(
+            Outcome::from_reply(SmtpReply::new(250, [2, 0, 0], "ok")),
+            Outcome::Delivered
+        );
+        assert!(matches!(
+            Outcome::from_reply(SmtpReply::new(421, [4, 3, 2], "x")),
+            Outcome::Temporary(_)
+        ));
+        assert!(matches!(
+            Outcome::from_reply(SmtpReply::new(554, [5, 0, 0], "x")),
+            Outcome::Permanent(_)
+        ));
         assert!(Outcome::temporary([4, 4, 1], "down").is_unreachable());
         assert!(!Outcome::temporary([4, 4, 2], "cut").is_unreachable());
     }

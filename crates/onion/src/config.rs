@@ -30,9 +30,8 @@ pub fn client_config(settings: &OnionSettings) -> Result<TorClientConfig, OnionE
             let text = std::fs::read_to_string(path).map_err(|e| {
                 OnionError::Config(format!("cannot read arti config {}: {e}", path.display()))
             })?;
-            toml::from_str::<TorClientConfigBuilder>(&text).map_err(|e| {
-                OnionError::Config(format!("arti config {}: {e}", path.display()))
-            })?
+            toml::from_str::<TorClientConfigBuilder>(&text)
+                .map_err(|e| OnionError::Config(format!("arti config {}: {e}", path.display())))?
         }
         None => TorClientConfigBuilder::default(),
     };

@@ -25,8 +25,13 @@ fn import_error(text: impl Into<String>) -> OnionError {
 
 /// Reads a C tor `hs_ed25519_secret_key` file (or the `HiddenServiceDir` holding it).
 fn read_ctor_key(path: &Path) -> Result<ExpandedKeypair, OnionError> {
-    let file = if path.is_dir() { path.join("hs_ed25519_secret_key") } else { path.to_path_buf() };
-    let bytes = std::fs::read(&file).map_err(|e| import_error(format!("cannot read {}: {e}", file.display())))?;
+    let file = if path.is_dir() {
+        path.join("hs_ed25519_secret_key")
+    } else {
+        path.to_path_buf()
+    };
+    let bytes = std::fs::read(&file)
+        .map_err(|e| import_error(format!("cannot read {}: {e}", file.display())))?;
     if bytes.len() != 96 || &bytes[..32] != CTOR_HEADER {
         return Err(import_error(format!(
             "{} is not a C tor hs_ed25519_secret_key (expected 96 bytes starting with \"== ed25519v1-secret: type0 ==\")",
@@ -44,8 +49,11 @@ fn read_ctor_key(path: &Path) -> Result<ExpandedKeypair, OnionError> {
 pub fn import_ctor_key(settings: &OnionSettings, path: &Path) -> Result<String, OnionError> {
     let keypair = read_ctor_key(path)?;
     let config = client_config(settings)?;
-    let store = ArtiNativeKeystore::from_path_and_mistrust(settings.state_dir.join("keystore"), config.fs_mistrust())
-        .map_err(|e| import_error(format!("keystore: {e}")))?;
+    let store = ArtiNativeKeystore::from_path_and_mistrust(
+        settings.state_dir.join("keystore"),
+        config.fs_mistrust(),
+    )
+    .map_err(|e| import_error(format!("keystore: {e}")))?;
     let keymgr = KeyMgrBuilder::default()
         .primary_store(Box::new(store))
         .build()
@@ -63,7 +71,12 @@ pub fn import_ctor_key(settings: &OnionSettings, path: &Path) -> Result<String, 
         )));
     }
     keymgr
-        .insert(HsIdKeypair::from(keypair), &spec, KeystoreSelector::Primary, false)
+        .insert(
+            HsIdKeypair::from(keypair),
+            &spec,
+            KeystoreSelector::Primary,
+            false,
+        )
         .map_err(|e| import_error(format!("cannot store the key: {e}")))?;
     onion_address(settings)
 }
@@ -78,7 +91,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("hs_ed25519_secret_key");
         std::fs::write(&p, b"hello").unwrap();
-        let Err(e) = read_ctor_key(&p) else { panic!("accepted a non-key") };
+        let Err(e) = read_ctor_key(&p) else {
+            panic!("accepted a non-key")
+        };
         assert!(e.to_string().contains("not a C tor"), "{e}");
         let mut wrong = CTOR_HEADER.to_vec();
         wrong[3] = b'X';
@@ -88,6 +103,9 @@ mod tests {
         let mut right = CTOR_HEADER.to_vec();
         right.extend([7u8; 64]);
         std::fs::write(&p, &right).unwrap();
-        assert!(read_ctor_key(dir.path()).is_ok(), "the HiddenServiceDir itself works too");
+        assert!(
+            read_ctor_key(dir.path()).is_ok(),
+            "the HiddenServiceDir itself works too"
+        );
     }
 }

@@ -41,7 +41,9 @@ pub enum OnionError {
     },
 }
 
-fn service_config(settings: &OnionSettings) -> Result<tor_hsservice::OnionServiceConfig, OnionError> {
+fn service_config(
+    settings: &OnionSettings,
+) -> Result<tor_hsservice::OnionServiceConfig, OnionError> {
     let nickname = HsNickname::new(settings.nickname.clone())
         .map_err(|e| OnionError::Config(format!("onion service nickname: {e}")))?;
     OnionServiceConfigBuilder::default()
@@ -54,8 +56,9 @@ fn service_config(settings: &OnionSettings) -> Result<tor_hsservice::OnionServic
 /// there is none yet. Offline: touches no network.
 pub fn onion_address(settings: &OnionSettings) -> Result<String, OnionError> {
     let config = client_config(settings)?;
-    let service = TorClient::<PreferredRuntime>::create_onion_service(&config, service_config(settings)?)
-        .map_err(|e| OnionError::Launch(format!("{e}")))?;
+    let service =
+        TorClient::<PreferredRuntime>::create_onion_service(&config, service_config(settings)?)
+            .map_err(|e| OnionError::Launch(format!("{e}")))?;
     let hsid = service
         .generate_identity_key(tor_keymgr::KeystoreSelector::Primary)
         .map_err(|e| OnionError::Launch(format!("identity key: {e}")))?;
@@ -134,7 +137,11 @@ impl OnionTransport {
             .await
             .map_err(|e| OnionError::Bootstrap(format!("{e}")))?;
         info!("Tor client bootstrapped");
-        Ok(OnionTransport { client, settings, isolation: Mutex::new(HashMap::new()) })
+        Ok(OnionTransport {
+            client,
+            settings,
+            isolation: Mutex::new(HashMap::new()),
+        })
     }
 
     /// Launches the onion service; returns our address and the stream of accepted
@@ -145,7 +152,9 @@ impl OnionTransport {
             .launch_onion_service(service_config(&self.settings)?)
             .map_err(|e| OnionError::Launch(format!("{e}")))?;
         let Some((service, rend_requests)) = launched else {
-            return Err(OnionError::Launch("the onion service is disabled in arti's configuration".into()));
+            return Err(OnionError::Launch(
+                "the onion service is disabled in arti's configuration".into(),
+            ));
         };
         let address = service
             .onion_address()
@@ -164,7 +173,13 @@ impl OnionTransport {
             }
         });
         let requests = tor_hsservice::handle_rend_requests(rend_requests);
-        Ok((address, InboundStreams { _service: service, requests: Box::pin(requests) }))
+        Ok((
+            address,
+            InboundStreams {
+                _service: service,
+                requests: Box::pin(requests),
+            },
+        ))
     }
 
     /// arti's bootstrap status, in words.
@@ -177,12 +192,15 @@ impl OnionTransport {
         if !domain.ends_with(".onion") {
             return Err(OnionError::Connect {
                 temporary: false,
-                message: format!("{domain} is not an onion address; smtorp connects only to onion services"),
+                message: format!(
+                    "{domain} is not an onion address; smtorp connects only to onion services"
+                ),
             });
         }
         let token = {
             let mut map = self.isolation.lock().unwrap_or_else(|p| p.into_inner());
-            *map.entry(domain.to_owned()).or_insert_with(IsolationToken::new)
+            *map.entry(domain.to_owned())
+                .or_insert_with(IsolationToken::new)
         };
         let mut prefs = StreamPrefs::new();
         prefs.set_isolation(token);
@@ -193,10 +211,14 @@ impl OnionTransport {
                 let kind = tor_error::HasKind::kind(&e);
                 let permanent = matches!(
                     kind,
-                    tor_error::ErrorKind::InvalidStreamTarget | tor_error::ErrorKind::OnionServiceAddressInvalid
+                    tor_error::ErrorKind::InvalidStreamTarget
+                        | tor_error::ErrorKind::OnionServiceAddressInvalid
                 );
                 warn!(error = %e, ?kind, "onion connection failed");
-                Err(OnionError::Connect { temporary: !permanent, message: format!("onion connection failed: {e}") })
+                Err(OnionError::Connect {
+                    temporary: !permanent,
+                    message: format!("onion connection failed: {e}"),
+                })
             }
             Err(_) => Err(OnionError::Connect {
                 temporary: true,

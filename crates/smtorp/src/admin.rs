@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use smtorp_delivery::{BackoffReset, Bouncer, FailedRecipient, FailureReport, RemoteDelivery, Stats};
+use smtorp_delivery::{
+    BackoffReset, Bouncer, FailedRecipient, FailureReport, RemoteDelivery, Stats,
+};
 use smtorp_onion::{OnionTransport, ServiceStatus};
 use smtorp_queue::{Envelope, Origin, Queue, QueueId, RecipientState};
 use tokio::sync::{Notify, OnceCell};
@@ -129,10 +131,18 @@ impl Admin {
     /// Executes one request.
     pub async fn execute(&self, request: Request) -> Result<Answer, String> {
         match request {
-            Request::QueueList => self.queue.list().map(Answer::Envelopes).map_err(|e| e.to_string()),
+            Request::QueueList => self
+                .queue
+                .list()
+                .map(Answer::Envelopes)
+                .map_err(|e| e.to_string()),
             Request::QueueShow { id } => {
                 let envelope = self.envelope(parse_id(&id)?)?;
-                let body = self.queue.body(envelope.id).map_err(|e| e.to_string())?.unwrap_or_default();
+                let body = self
+                    .queue
+                    .body(envelope.id)
+                    .map_err(|e| e.to_string())?
+                    .unwrap_or_default();
                 let header = String::from_utf8_lossy(split_header(&body).0).into_owned();
                 Ok(Answer::Message { envelope, header })
             }
@@ -170,11 +180,21 @@ impl Admin {
                         reason: "5.0.0 deleted from the queue by the administrator".into(),
                     })
                     .collect();
-                let bounce = !silent && !failed.is_empty() && !envelope.sender.is_empty()
+                let bounce = !silent
+                    && !failed.is_empty()
+                    && !envelope.sender.is_empty()
                     && envelope.origin != Origin::Bounce;
                 if bounce {
-                    let body = self.queue.body(id).map_err(|e| e.to_string())?.unwrap_or_default();
-                    let report = FailureReport { envelope: &envelope, failed: &failed, body: &body };
+                    let body = self
+                        .queue
+                        .body(id)
+                        .map_err(|e| e.to_string())?
+                        .unwrap_or_default();
+                    let report = FailureReport {
+                        envelope: &envelope,
+                        failed: &failed,
+                        body: &body,
+                    };
                     self.bouncer.bounce(&report).await?;
                 }
                 let removed = self.queue.remove(id).map_err(|e| e.to_string())?;
@@ -188,10 +208,21 @@ impl Admin {
 
     fn status(&self) -> StatusReport {
         let list = self.queue.list().unwrap_or_default();
-        let pending = list.iter().flat_map(|e| &e.recipients).filter(|r| r.state == RecipientState::Pending);
-        let (new, deferred) = pending.fold((0, 0), |(n, d), r| if r.attempts == 0 { (n + 1, d) } else { (n, d + 1) });
+        let pending = list
+            .iter()
+            .flat_map(|e| &e.recipients)
+            .filter(|r| r.state == RecipientState::Pending);
+        let (new, deferred) = pending.fold((0, 0), |(n, d), r| {
+            if r.attempts == 0 {
+                (n + 1, d)
+            } else {
+                (n, d + 1)
+            }
+        });
         let count = |f: fn(&Stats) -> &std::sync::atomic::AtomicU64| {
-            self.stats.as_ref().map(|s| f(s).load(std::sync::atomic::Ordering::Relaxed))
+            self.stats
+                .as_ref()
+                .map(|s| f(s).load(std::sync::atomic::Ordering::Relaxed))
         };
         StatusReport {
             daemon_running: self.started.is_some(),

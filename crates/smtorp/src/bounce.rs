@@ -18,12 +18,16 @@ use crate::intake::{Arrival, Intake, IntakeError};
 /// The enhanced status code in a failure reason (e.g. "5.1.1" in "... with 550 5.1.1 ..."),
 /// or a generic one.
 fn status_of(reason: &str) -> String {
-    let found = reason.split(|c: char| c.is_whitespace() || c == '(' || c == ')').find(|w| {
-        let parts: Vec<&str> = w.split('.').collect();
-        parts.len() == 3
-            && matches!(parts[0], "4" | "5")
-            && parts[1..].iter().all(|p| !p.is_empty() && p.len() <= 3 && p.chars().all(|c| c.is_ascii_digit()))
-    });
+    let found = reason
+        .split(|c: char| c.is_whitespace() || c == '(' || c == ')')
+        .find(|w| {
+            let parts: Vec<&str> = w.split('.').collect();
+            parts.len() == 3
+                && matches!(parts[0], "4" | "5")
+                && parts[1..]
+                    .iter()
+                    .all(|p| !p.is_empty() && p.len() <= 3 && p.chars().all(|c| c.is_ascii_digit()))
+        });
     match found {
         // A temporary code on a recipient that failed for good means it expired.
         Some(code) if code.starts_with('4') => "4.4.7".into(),
@@ -35,7 +39,9 @@ fn status_of(reason: &str) -> String {
 
 /// Text safe to put on one header-ish line of the report (no CR/LF, printable).
 fn one_line(text: &str) -> String {
-    text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 /// Builds the DSN message (CRLF line endings).
@@ -46,18 +52,25 @@ pub fn build_dsn(report: &FailureReport<'_>, our_domain: &str, now: u64) -> Vec<
     let boundary: String = random.iter().map(|b| format!("{b:02x}")).collect();
     let boundary = format!("=_{boundary}");
     let mut m = String::new();
-    m.push_str(&format!("From: Mail Delivery System <MAILER-DAEMON@{our_domain}>\r\n"));
+    m.push_str(&format!(
+        "From: Mail Delivery System <MAILER-DAEMON@{our_domain}>\r\n"
+    ));
     m.push_str(&format!("To: <{}>\r\n", envelope.sender));
     m.push_str("Subject: Undelivered Mail Returned to Sender\r\n");
     m.push_str(&format!("Date: {}\r\n", headers::rfc5322_date(now)));
-    m.push_str(&format!("Message-ID: {}\r\n", headers::message_id(our_domain)));
+    m.push_str(&format!(
+        "Message-ID: {}\r\n",
+        headers::message_id(our_domain)
+    ));
     m.push_str("Auto-Submitted: auto-replied\r\n");
     m.push_str("MIME-Version: 1.0\r\n");
     m.push_str(&format!(
         "Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"{boundary}\"\r\n\r\n"
     ));
     m.push_str("This is a MIME-encapsulated message.\r\n\r\n");
-    m.push_str(&format!("--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"));
+    m.push_str(&format!(
+        "--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+    ));
     m.push_str(&format!(
         "This is the mail system at {our_domain}.\r\n\r\n\
          Your message could not be delivered to one or more recipients.\r\n\
@@ -66,18 +79,28 @@ pub fn build_dsn(report: &FailureReport<'_>, our_domain: &str, now: u64) -> Vec<
     for f in report.failed {
         m.push_str(&format!("<{}>: {}\r\n", f.address, one_line(&f.reason)));
     }
-    m.push_str(&format!("\r\n--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n"));
+    m.push_str(&format!(
+        "\r\n--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n"
+    ));
     m.push_str(&format!("Reporting-MTA: dns; {our_domain}\r\n"));
     m.push_str(&format!("Queue-ID: {}\r\n", envelope.id));
-    m.push_str(&format!("Arrival-Date: {}\r\n", headers::rfc5322_date(envelope.arrival)));
+    m.push_str(&format!(
+        "Arrival-Date: {}\r\n",
+        headers::rfc5322_date(envelope.arrival)
+    ));
     for f in report.failed {
         m.push_str("\r\n");
         m.push_str(&format!("Final-Recipient: rfc822; {}\r\n", f.address));
         m.push_str("Action: failed\r\n");
         m.push_str(&format!("Status: {}\r\n", status_of(&f.reason)));
-        m.push_str(&format!("Diagnostic-Code: smtp; {}\r\n", one_line(&f.reason)));
+        m.push_str(&format!(
+            "Diagnostic-Code: smtp; {}\r\n",
+            one_line(&f.reason)
+        ));
     }
-    m.push_str(&format!("\r\n--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n"));
+    m.push_str(&format!(
+        "\r\n--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+    ));
     let mut out = m.into_bytes();
     let (header, _) = headers::split_header(report.body);
     out.extend_from_slice(header);
@@ -137,9 +160,20 @@ mod tests {
 
     #[test]
     fn status_codes() {
-        assert_eq!(status_of("x.onion answered RCPT TO with 550 5.1.1 No such user"), "5.1.1");
-        assert_eq!(status_of("expired after 10 s in the queue; last error: x answered DATA with 451 4.3.0 busy"), "4.4.7");
-        assert_eq!(status_of("550 5.1.2 smtorp delivers only to onion addresses"), "5.1.2");
+        assert_eq!(
+            status_of("x.onion answered RCPT TO with 550 5.1.1 No such user"),
+            "5.1.1"
+        );
+        assert_eq!(
+            status_of(
+                "expired after 10 s in the queue; last error: x answered DATA with 451 4.3.0 busy"
+            ),
+            "4.4.7"
+        );
+        assert_eq!(
+            status_of("550 5.1.2 smtorp delivers only to onion addresses"),
+            "5.1.2"
+        );
         assert_eq!(status_of("something else"), "5.0.0");
     }
 
@@ -164,11 +198,17 @@ mod tests {
             reason: "b.onion answered RCPT TO with 550 5.1.1 No such user\r\nX-Evil: 1".into(),
         }];
         let body = b"Subject: hi\r\nFrom: alice@a.onion\r\n\r\nsecret body\r\n";
-        let report = FailureReport { envelope: &env, failed: &failed, body };
+        let report = FailureReport {
+            envelope: &env,
+            failed: &failed,
+            body,
+        };
         let dsn = String::from_utf8(build_dsn(&report, "a.onion", 0)).unwrap();
         assert!(dsn.contains("Content-Type: multipart/report; report-type=delivery-status;"));
         assert!(dsn.contains("Reporting-MTA: dns; a.onion\r\n"));
-        assert!(dsn.contains("Final-Recipient: rfc822; bob@b.onion\r\nAction: failed\r\nStatus: 5.1.1\r\n"));
+        assert!(dsn.contains(
+            "Final-Recipient: rfc822; bob@b.onion\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+        ));
         assert!(dsn.contains("Arrival-Date: Thu, 01 Jan 1970 00:00:00 +0000\r\n"));
         assert!(dsn.contains("Subject: hi\r\nFrom: alice@a.onion\r\n"));
         assert!(!dsn.contains("secret body"), "only the header is returned");

@@ -66,7 +66,11 @@ pub struct OnionConfig {
 
 impl Default for OnionConfig {
     fn default() -> Self {
-        OnionConfig { enabled: true, arti_config: String::new(), connect_timeout: "2m".into() }
+        OnionConfig {
+            enabled: true,
+            arti_config: String::new(),
+            connect_timeout: "2m".into(),
+        }
     }
 }
 
@@ -217,24 +221,32 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { level: "info".into() }
+        LogConfig {
+            level: "info".into(),
+        }
     }
 }
 
 /// Parses a duration such as `"30s"`, `"5m"`, `"2h"`, `"5d"` (a bare number is seconds).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration such as \"30s\", \"5m\", \"2h\", \"5d\""))?;
+    let number: u64 = number.parse().map_err(|_| {
+        format!("`{text}` is not a duration such as \"30s\", \"5m\", \"2h\", \"5d\"")
+    })?;
     let factor = match unit {
         "" | "s" => 1,
         "m" => 60,
         "h" => 3600,
         "d" => 86400,
-        _ => return Err(format!("`{text}`: unknown unit `{unit}` (use s, m, h or d)")),
+        _ => {
+            return Err(format!(
+                "`{text}`: unknown unit `{unit}` (use s, m, h or d)"
+            ))
+        }
     };
     Ok(Duration::from_secs(number.saturating_mul(factor)))
 }
@@ -299,13 +311,21 @@ impl Settings {
 
     /// Our domains, lower-cased: `[local] domains` (later our onion address too).
     pub fn local_domains(&self) -> Vec<String> {
-        self.config.local.domains.iter().map(|d| d.to_ascii_lowercase()).collect()
+        self.config
+            .local
+            .domains
+            .iter()
+            .map(|d| d.to_ascii_lowercase())
+            .collect()
     }
 
     /// The name we use in the banner, EHLO, Received and Message-ID: the first local
     /// domain, or `localhost` when none is configured.
     pub fn primary_domain(&self) -> String {
-        self.local_domains().into_iter().next().unwrap_or_else(|| "localhost".into())
+        self.local_domains()
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| "localhost".into())
     }
 }
 
@@ -462,7 +482,10 @@ mod tests {
         let text = include_str!("../../../config/smtorp.toml");
         let shipped = check(parse(text).unwrap()).unwrap();
         let default = check(Config::default()).unwrap();
-        assert_eq!(format!("{:?}", shipped.config), format!("{:?}", default.config));
+        assert_eq!(
+            format!("{:?}", shipped.config),
+            format!("{:?}", default.config)
+        );
     }
 
     /// Every key the program knows is written out (with its default) in the shipped file.
@@ -473,14 +496,17 @@ mod tests {
                 for (k, v) in table {
                     let name = format!("{prefix}{k}");
                     out.push(name.clone());
-                    if matches!(v, toml::Value::Table(_)) && !["aliases", "routes"].contains(&k.as_str()) {
+                    if matches!(v, toml::Value::Table(_))
+                        && !["aliases", "routes"].contains(&k.as_str())
+                    {
                         keys(v, &format!("{name}."), out);
                     }
                 }
             }
         }
         let known = toml::Value::try_from(Config::default()).unwrap();
-        let shipped: toml::Value = toml::from_str(include_str!("../../../config/smtorp.toml")).unwrap();
+        let shipped: toml::Value =
+            toml::from_str(include_str!("../../../config/smtorp.toml")).unwrap();
         let (mut a, mut b) = (Vec::new(), Vec::new());
         keys(&known, "", &mut a);
         keys(&shipped, "", &mut b);
@@ -502,7 +528,9 @@ mod tests {
 
     #[test]
     fn unknown_key_names_key_and_line() {
-        let err = parse("data_dir = \"/x\"\n[smtp]\nmax_mesage_size = 5\n").unwrap_err().to_string();
+        let err = parse("data_dir = \"/x\"\n[smtp]\nmax_mesage_size = 5\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("max_mesage_size"), "{err}");
         assert!(err.contains("line 3"), "{err}");
     }
@@ -510,9 +538,15 @@ mod tests {
     #[test]
     fn bad_values_name_the_key() {
         let c = parse("[delivery]\nmax_lifetime = \"soon\"\n").unwrap();
-        assert!(check(c).unwrap_err().to_string().contains("delivery.max_lifetime"));
+        assert!(check(c)
+            .unwrap_err()
+            .to_string()
+            .contains("delivery.max_lifetime"));
         let c = parse("[delivery]\nroutes = { \"example.com\" = \"127.0.0.1:25\" }\n").unwrap();
-        assert!(check(c).unwrap_err().to_string().contains("delivery.routes"));
+        assert!(check(c)
+            .unwrap_err()
+            .to_string()
+            .contains("delivery.routes"));
         let c = parse("[local]\nusers = [\"../root\"]\n").unwrap();
         assert!(check(c).unwrap_err().to_string().contains("local.users"));
         let c = parse("[local]\nusers = [\"a\"]\naliases = { b = \"c\" }\n").unwrap();

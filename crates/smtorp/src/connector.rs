@@ -24,7 +24,10 @@ pub struct OutboundConnector {
 }
 
 fn temporary(message: String) -> ConnectError {
-    ConnectError { temporary: true, message }
+    ConnectError {
+        temporary: true,
+        message,
+    }
 }
 
 impl OutboundConnector {
@@ -37,13 +40,17 @@ impl OutboundConnector {
                     Ok(Box::new(stream))
                 }
                 Ok(Err(e)) => Err(temporary(format!("static route {domain} -> {addr}: {e}"))),
-                Err(_) => Err(temporary(format!("static route {domain} -> {addr}: connect timed out"))),
+                Err(_) => Err(temporary(format!(
+                    "static route {domain} -> {addr}: connect timed out"
+                ))),
             };
         }
         if !domain.ends_with(".onion") {
             return Err(ConnectError {
                 temporary: false,
-                message: format!("{domain} is not an onion address; smtorp delivers only to onion addresses"),
+                message: format!(
+                    "{domain} is not an onion address; smtorp delivers only to onion addresses"
+                ),
             });
         }
         match self.onion.get() {

@@ -29,7 +29,11 @@ pub enum Response {
 }
 
 /// Serves the control socket until shutdown.
-pub async fn serve(path: PathBuf, admin: Arc<Admin>, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub async fn serve(
+    path: PathBuf,
+    admin: Arc<Admin>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     if path.exists() {
         std::fs::remove_file(&path)?;
     }
@@ -60,7 +64,10 @@ pub async fn serve(path: PathBuf, admin: Arc<Admin>, mut shutdown: watch::Receiv
 async fn answer(stream: UnixStream, admin: &Admin) -> anyhow::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
-    BufReader::new(read).take(64 * 1024).read_line(&mut line).await?;
+    BufReader::new(read)
+        .take(64 * 1024)
+        .read_line(&mut line)
+        .await?;
     let response = match serde_json::from_str::<Request>(&line) {
         Ok(request) => match admin.execute(request).await {
             Ok(answer) => Response::Ok(answer),

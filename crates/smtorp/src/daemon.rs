@@ -12,13 +12,13 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{watch, OnceCell};
 use tracing::{error, info, warn};
 
+use crate::admin::Admin;
+use crate::bounce::DsnBouncer;
 use crate::config::Settings;
+use crate::connector::OutboundConnector;
 use crate::directory::{Directory, OnionSidePolicy};
 use crate::intake::{Intake, SmtpHandler};
 use crate::listener::{serve_tcp, SessionFactory};
-use crate::admin::Admin;
-use crate::bounce::DsnBouncer;
-use crate::connector::OutboundConnector;
 use crate::{control, layout, maildrop, onion};
 
 /// How long a peer may take to answer one SMTP command (RFC 5321 4.5.3.2 suggests 5 min).
@@ -86,8 +86,15 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         },
     )
     .with_remote(remote);
-    let intake = Arc::new(Intake::new(queue.clone(), directory.clone(), scheduler.waker()));
-    let bouncer = Arc::new(DsnBouncer { intake: intake.clone(), domain: directory.primary_domain().to_owned() });
+    let intake = Arc::new(Intake::new(
+        queue.clone(),
+        directory.clone(),
+        scheduler.waker(),
+    ));
+    let bouncer = Arc::new(DsnBouncer {
+        intake: intake.clone(),
+        domain: directory.primary_domain().to_owned(),
+    });
     let scheduler = scheduler.with_bouncer(bouncer.clone());
     let service_status = Arc::new(OnceCell::new());
     let admin = Arc::new(Admin {
@@ -104,7 +111,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     });
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(scheduler.run(stop_rx.clone()));
-    tasks.spawn(maildrop::run(settings.maildrop_dir(), intake.clone(), stop_rx.clone()));
+    tasks.spawn(maildrop::run(
+        settings.maildrop_dir(),
+        intake.clone(),
+        stop_rx.clone(),
+    ));
     {
         let (path, admin, stop) = (settings.control_socket(), admin.clone(), stop_rx.clone());
         tasks.spawn(async move {
@@ -116,7 +127,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let factory = Arc::new(SessionFactory {
         config: session_config(&settings, directory.primary_domain()),
         policy: OnionSidePolicy(directory.clone()),
-        handler: Arc::new(SmtpHandler { intake: intake.clone(), origin: Origin::Smtp }),
+        handler: Arc::new(SmtpHandler {
+            intake: intake.clone(),
+            origin: Origin::Smtp,
+        }),
         max_sessions: settings.config.smtp.max_sessions,
     });
     for addr in &settings.smtp_listen {
@@ -147,7 +161,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     let _ = stop_tx.send(true);
     let all_done = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(8), all_done).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(8), all_done)
+        .await
+        .is_err()
+    {
         warn!("some tasks did not stop in time");
     }
     queue.sync().await.context("final queue flush")?;

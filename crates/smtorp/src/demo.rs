@@ -32,7 +32,10 @@ impl Server {
 
     fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
@@ -63,7 +66,12 @@ fn smtorp(config: &Path) -> Command {
     cmd
 }
 
-fn write_config(dir: &Path, name: &str, user: &str, arti_toml: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+fn write_config(
+    dir: &Path,
+    name: &str,
+    user: &str,
+    arti_toml: &Path,
+) -> anyhow::Result<(PathBuf, PathBuf)> {
     let home = dir.join(name);
     fs::create_dir_all(&home)?;
     let data_dir = home.join("data");
@@ -92,12 +100,20 @@ retry_after = ["2s", "3s", "5s", "10s"]
 fn wait_for_log(server: &Server, needle: &str, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        if fs::read_to_string(&server.log).unwrap_or_default().contains(needle) {
+        if fs::read_to_string(&server.log)
+            .unwrap_or_default()
+            .contains(needle)
+        {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    bail!("server {} did not log \"{needle}\" within {} s; see {}", server.name, timeout.as_secs(), server.log.display())
+    bail!(
+        "server {} did not log \"{needle}\" within {} s; see {}",
+        server.name,
+        timeout.as_secs(),
+        server.log.display()
+    )
 }
 
 fn wait_for_file(dir: &Path, timeout: Duration) -> anyhow::Result<PathBuf> {
@@ -110,7 +126,11 @@ fn wait_for_file(dir: &Path, timeout: Duration) -> anyhow::Result<PathBuf> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    bail!("no message arrived in {} within {} s", dir.display(), timeout.as_secs())
+    bail!(
+        "no message arrived in {} within {} s",
+        dir.display(),
+        timeout.as_secs()
+    )
 }
 
 /// The `seconds=` field of the first log line containing `needle`, or "?".
@@ -128,19 +148,31 @@ fn logged_seconds(log: &str, needle: &str) -> String {
 fn wait_for_second(dir: &Path, timeout: Duration) -> anyhow::Result<PathBuf> {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        let mut files: Vec<PathBuf> = fs::read_dir(dir)?.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+        let mut files: Vec<PathBuf> = fs::read_dir(dir)?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .collect();
         if files.len() >= 2 {
             files.sort();
             return files.pop().context("no file");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    bail!("no second message arrived in {} within {} s", dir.display(), timeout.as_secs())
+    bail!(
+        "no second message arrived in {} within {} s",
+        dir.display(),
+        timeout.as_secs()
+    )
 }
 
 fn send(from: &Server, to: &Server, subject: &str, body: &str) -> anyhow::Result<()> {
-    let message = format!("From: {u}@{a}\nTo: {tu}@{ta}\nSubject: {subject}\n\n{body}\n",
-        u = from.user, a = from.address, tu = to.user, ta = to.address);
+    let message = format!(
+        "From: {u}@{a}\nTo: {tu}@{ta}\nSubject: {subject}\n\n{body}\n",
+        u = from.user,
+        a = from.address,
+        tu = to.user,
+        ta = to.address
+    );
     let mut child = smtorp(&from.config)
         .arg("sendmail")
         .arg("-f")
@@ -163,7 +195,16 @@ fn show_message(path: &Path) {
     say!("           file: {}", path.display());
     let text = fs::read_to_string(path).unwrap_or_default();
     for line in text.lines().take_while(|l| !l.is_empty()) {
-        let keep = ["Return-Path:", "Delivered-To:", "Received:", "From:", "To:", "Subject:", "Date:", "Message-ID:"];
+        let keep = [
+            "Return-Path:",
+            "Delivered-To:",
+            "Received:",
+            "From:",
+            "To:",
+            "Subject:",
+            "Date:",
+            "Message-ID:",
+        ];
         if keep.iter().any(|k| line.starts_with(k)) || line.starts_with('\t') {
             say!("           | {line}");
         }
@@ -188,15 +229,23 @@ pub async fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
     step(started, "bringing up a private Tor network: 3 directory authorities, 5 relays, 1 C tor client on 127.0.0.1");
     let net = TorNet::up(&dir.join("tornet"), Options::default())
         .await
-        .context("cannot bring up the private Tor network (is Debian's `tor` package installed?)")?;
+        .context(
+            "cannot bring up the private Tor network (is Debian's `tor` package installed?)",
+        )?;
     step(started, &format!("Tor network ready ({})", net.timings()));
 
     let mut servers = Vec::new();
     for (name, user) in [("A", "alice"), ("B", "bob")] {
         let (config, data_dir) = write_config(&dir, name, user, &net.arti_toml_path())?;
-        let out = smtorp(&config).arg("init").output().context("smtorp init")?;
+        let out = smtorp(&config)
+            .arg("init")
+            .output()
+            .context("smtorp init")?;
         if !out.status.success() {
-            bail!("smtorp init for {name} failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "smtorp init for {name} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         let address = String::from_utf8_lossy(&out.stdout)
             .lines()
@@ -211,7 +260,15 @@ pub async fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
             .stderr(fs::File::create(&log)?)
             .spawn()
             .context("cannot start smtorp run")?;
-        servers.push(Server { name, user, config, data_dir, log, address, child: Some(child) });
+        servers.push(Server {
+            name,
+            user,
+            config,
+            data_dir,
+            log,
+            address,
+            child: Some(child),
+        });
     }
     for server in &servers {
         wait_for_log(server, "onion service launched", Duration::from_secs(90))?;
@@ -229,23 +286,48 @@ pub async fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
 
     let (a, b) = (&servers[0], &servers[1]);
     let sent = Instant::now();
-    send(a, b, "Hello over Tor", "Hi Bob, this went from onion service to onion service.")?;
-    step(started, "alice on A submitted a message to bob on B with `smtorp sendmail`");
+    send(
+        a,
+        b,
+        "Hello over Tor",
+        "Hi Bob, this went from onion service to onion service.",
+    )?;
+    step(
+        started,
+        "alice on A submitted a message to bob on B with `smtorp sendmail`",
+    );
     let file = wait_for_file(&b.maildir_new(), Duration::from_secs(60))?;
     step(started, &format!("delivered to bob's Maildir on B in {:.1} s (A's queue -> arti -> B's onion service -> B's queue -> Maildir)", sent.elapsed().as_secs_f64()));
     show_message(&file);
 
     let sent = Instant::now();
-    send(b, a, "Re: Hello over Tor", "Hi Alice, got it, replying the same way.")?;
+    send(
+        b,
+        a,
+        "Re: Hello over Tor",
+        "Hi Alice, got it, replying the same way.",
+    )?;
     step(started, "bob on B replied to alice on A");
     let file = wait_for_file(&a.maildir_new(), Duration::from_secs(60))?;
-    step(started, &format!("delivered to alice's Maildir on A in {:.1} s", sent.elapsed().as_secs_f64()));
+    step(
+        started,
+        &format!(
+            "delivered to alice's Maildir on A in {:.1} s",
+            sent.elapsed().as_secs_f64()
+        ),
+    );
     show_message(&file);
 
     let sent = Instant::now();
     send(a, b, "Second message", "Circuits are warm now.")?;
     let second = wait_for_second(&b.maildir_new(), Duration::from_secs(60))?;
-    step(started, &format!("a second message A -> B on warm circuits: delivered in {:.1} s", sent.elapsed().as_secs_f64()));
+    step(
+        started,
+        &format!(
+            "a second message A -> B on warm circuits: delivered in {:.1} s",
+            sent.elapsed().as_secs_f64()
+        ),
+    );
     show_message(&second);
 
     for server in &mut servers {
@@ -255,7 +337,10 @@ pub async fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
     net.down();
     step(started, "Tor network stopped");
     match keep {
-        Some(dir) => say!("everything is kept in {} (logs: A/smtorp.log, B/smtorp.log)", dir.display()),
+        Some(dir) => say!(
+            "everything is kept in {} (logs: A/smtorp.log, B/smtorp.log)",
+            dir.display()
+        ),
         None => say!("done; use --keep DIR to keep the servers' folders and logs"),
     }
     Ok(())

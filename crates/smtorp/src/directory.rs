@@ -81,7 +81,11 @@ impl Directory {
 pub struct OnionSidePolicy(pub Arc<Directory>);
 
 impl Policy for OnionSidePolicy {
-    fn check_sender(&self, _sender: Option<&Address>, _auth_user: Option<&str>) -> Result<(), Reply> {
+    fn check_sender(
+        &self,
+        _sender: Option<&Address>,
+        _auth_user: Option<&str>,
+    ) -> Result<(), Reply> {
         // Any syntactically valid sender (the engine checked it, including onion checksums).
         Ok(())
     }
@@ -105,7 +109,10 @@ impl Router for Directory {
         let domain = domain.to_ascii_lowercase();
         if self.is_local_domain(&domain) {
             return match self.user_of(local) {
-                Some(user) => Route::Local { maildir: self.maildir_of(&user), user },
+                Some(user) => Route::Local {
+                    maildir: self.maildir_of(&user),
+                    user,
+                },
                 None => Route::Unroutable("550 5.1.1 No such user here".into()),
             };
         }
@@ -138,7 +145,10 @@ mod tests {
 
     fn addr(s: &str) -> Address {
         let (l, d) = s.rsplit_once('@').unwrap();
-        Address { local_part: l.into(), domain: d.to_ascii_lowercase() }
+        Address {
+            local_part: l.into(),
+            domain: d.to_ascii_lowercase(),
+        }
     }
 
     #[test]
@@ -148,7 +158,12 @@ mod tests {
         assert!(p.check_recipient(&addr("ALICE@mail.test")).is_ok());
         assert!(p.check_recipient(&addr("info@mail.test")).is_ok());
         assert!(p.check_recipient(&addr("postmaster@mail.test")).is_ok());
-        assert_eq!(p.check_recipient(&addr("carol@mail.test")).unwrap_err().code, 550);
+        assert_eq!(
+            p.check_recipient(&addr("carol@mail.test"))
+                .unwrap_err()
+                .code,
+            550
+        );
         let relay = p.check_recipient(&addr("alice@other.test")).unwrap_err();
         assert_eq!((relay.code, relay.enhanced), (550, [5, 7, 1]));
     }
@@ -158,7 +173,10 @@ mod tests {
         let d = directory();
         assert_eq!(
             d.route("info@mail.test"),
-            Route::Local { user: "bob".into(), maildir: PathBuf::from("/d/mail/bob") }
+            Route::Local {
+                user: "bob".into(),
+                maildir: PathBuf::from("/d/mail/bob")
+            }
         );
         assert!(matches!(d.route("x@abc.onion"), Route::Remote { .. }));
         assert!(matches!(d.route("x@example.com"), Route::Unroutable(_)));

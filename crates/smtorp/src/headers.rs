@@ -19,8 +19,9 @@ pub fn unix_now() -> u64 {
 /// An RFC 5322 date in UTC, e.g. `Thu, 26 Nov 2026 22:14:48 +0000`.
 pub fn rfc5322_date(unix: u64) -> String {
     const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] =
-        ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
     let days = unix / 86400;
     let secs = unix % 86400;
     let (year, month, day) = civil_from_days(days as i64);
@@ -57,7 +58,9 @@ fn helo_name(text: &str) -> Option<&str> {
     let name = text.split_whitespace().next()?;
     let plain = name.len() <= 253
         && name.split('.').all(|l| {
-            !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
         });
     let numeric = name.chars().all(|c| c.is_ascii_digit() || c == '.');
     (plain && !numeric).then_some(name)
@@ -83,7 +86,10 @@ pub fn received(helo: Option<&str>, by: &str, via: Via, queue_id: &str, unix: u6
         Via::Smtp => "with ESMTP ",
         Via::Local => "",
     };
-    format!("Received: {from}by {by} {with}id {queue_id};\r\n\t{}\r\n", rfc5322_date(unix))
+    format!(
+        "Received: {from}by {by} {with}id {queue_id};\r\n\t{}\r\n",
+        rfc5322_date(unix)
+    )
 }
 
 /// A fresh Message-ID value, `<32 hex digits@domain>`.
@@ -135,7 +141,11 @@ pub fn fields(header: &[u8]) -> Vec<(String, &[u8])> {
                 let name = line
                     .iter()
                     .position(|&b| b == b':')
-                    .map(|i| String::from_utf8_lossy(&line[..i]).trim().to_ascii_lowercase())
+                    .map(|i| {
+                        String::from_utf8_lossy(&line[..i])
+                            .trim()
+                            .to_ascii_lowercase()
+                    })
                     .unwrap_or_default();
                 start = Some((name, pos));
             }
@@ -201,20 +211,32 @@ mod tests {
     #[test]
     fn dates_are_utc() {
         assert_eq!(rfc5322_date(0), "Thu, 01 Jan 1970 00:00:00 +0000");
-        assert_eq!(rfc5322_date(1_795_731_288), "Thu, 26 Nov 2026 22:14:48 +0000");
+        assert_eq!(
+            rfc5322_date(1_795_731_288),
+            "Thu, 26 Nov 2026 22:14:48 +0000"
+        );
         assert_eq!(rfc5322_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
     }
 
     #[test]
     fn received_has_no_ip_or_software() {
-        let r = received(Some("client.example"), "a.onion", Via::Smtp, "00000000000000AB", 0);
+        let r = received(
+            Some("client.example"),
+            "a.onion",
+            Via::Smtp,
+            "00000000000000AB",
+            0,
+        );
         assert_eq!(
             r,
             "Received: from client.example by a.onion with ESMTP id 00000000000000AB;\r\n\tThu, 01 Jan 1970 00:00:00 +0000\r\n"
         );
         for literal in ["[10.0.0.1]", "10.0.0.1", "[IPv6:::1]", "a(b)", "x;y"] {
             let r = received(Some(literal), "a.onion", Via::Smtp, "1", 0);
-            assert!(r.starts_with("Received: by a.onion with ESMTP id 1;"), "{literal}: {r}");
+            assert!(
+                r.starts_with("Received: by a.onion with ESMTP id 1;"),
+                "{literal}: {r}"
+            );
         }
         let r = received(None, "a.onion", Via::Local, "1", 0);
         assert!(r.starts_with("Received: by a.onion id 1;"));
@@ -227,7 +249,10 @@ mod tests {
         assert_eq!(b, b"Bcc: body\r\n");
         assert!(has_field(h, "bcc"));
         assert!(!has_field(h, "date"));
-        assert_eq!(without_fields(m, &["bcc"]), b"From: a\r\nTo: b\r\n\r\nBcc: body\r\n");
+        assert_eq!(
+            without_fields(m, &["bcc"]),
+            b"From: a\r\nTo: b\r\n\r\nBcc: body\r\n"
+        );
     }
 
     #[test]

@@ -49,20 +49,30 @@ pub struct Intake {
 impl Intake {
     /// An intake writing to `queue` and waking `waker` after each commit.
     pub fn new(queue: Arc<Queue>, directory: Arc<Directory>, waker: Arc<Notify>) -> Intake {
-        Intake { queue, directory, waker }
+        Intake {
+            queue,
+            directory,
+            waker,
+        }
     }
 
     /// Validates, adds Received, writes and flushes. Returns the queue id once durable.
     pub async fn enqueue(&self, arrival: Arrival<'_>) -> Result<QueueId, IntakeError> {
-        self.commit(arrival, None)
-            .await?
-            .ok_or_else(|| IntakeError::Store(QueueError::Corrupt("enqueue without a token was refused".into())))
+        self.commit(arrival, None).await?.ok_or_else(|| {
+            IntakeError::Store(QueueError::Corrupt(
+                "enqueue without a token was refused".into(),
+            ))
+        })
     }
 
     /// [`Intake::enqueue`] for a source that may offer the same message again (a maildrop
     /// file after a crash): `token` names it, and if it was enqueued before, nothing is
     /// written and `None` is returned.
-    pub async fn enqueue_once(&self, arrival: Arrival<'_>, token: &str) -> Result<Option<QueueId>, IntakeError> {
+    pub async fn enqueue_once(
+        &self,
+        arrival: Arrival<'_>,
+        token: &str,
+    ) -> Result<Option<QueueId>, IntakeError> {
         self.commit(arrival, Some(token)).await
     }
 
@@ -71,7 +81,11 @@ impl Intake {
         &self.queue
     }
 
-    async fn commit(&self, arrival: Arrival<'_>, token: Option<&str>) -> Result<Option<QueueId>, IntakeError> {
+    async fn commit(
+        &self,
+        arrival: Arrival<'_>,
+        token: Option<&str>,
+    ) -> Result<Option<QueueId>, IntakeError> {
         self.validate(&arrival)?;
         let id = self.queue.next_id()?;
         let now = headers::unix_now();
@@ -128,7 +142,9 @@ impl Intake {
                 .map_err(|e| IntakeError::Rejected(format!("recipient {rcpt}: {e}")))?;
             if self.directory.is_local_domain(&address.domain) {
                 if self.directory.user_of(&address.local_part).is_none() {
-                    return Err(IntakeError::Rejected(format!("recipient {rcpt}: no such local user")));
+                    return Err(IntakeError::Rejected(format!(
+                        "recipient {rcpt}: no such local user"
+                    )));
                 }
             } else if !address.is_onion() {
                 return Err(IntakeError::Rejected(format!(
@@ -162,7 +178,11 @@ impl Handler for SmtpHandler {
             Err(IntakeError::Rejected(why)) => Err(Reply::new(554, [5, 6, 0], why)),
             Err(IntakeError::Store(e)) => {
                 warn!(error = %e, "cannot queue a message: answering 451");
-                Err(Reply::new(451, [4, 3, 0], "Queue temporarily unavailable, try again later"))
+                Err(Reply::new(
+                    451,
+                    [4, 3, 0],
+                    "Queue temporarily unavailable, try again later",
+                ))
             }
         }
     }

@@ -36,7 +36,8 @@ pub fn create(settings: &Settings) -> anyhow::Result<Vec<PathBuf>> {
     if !drop_dir.exists() {
         created.push(drop_dir.clone());
     }
-    maildrop::create_dir(&drop_dir).with_context(|| format!("cannot create {}", drop_dir.display()))?;
+    maildrop::create_dir(&drop_dir)
+        .with_context(|| format!("cannot create {}", drop_dir.display()))?;
     for user in &settings.config.local.users {
         let maildir = settings.maildir_of(user);
         if !maildir.join("new").exists() {
@@ -53,5 +54,7 @@ pub fn create(settings: &Settings) -> anyhow::Result<Vec<PathBuf>> {
 pub fn onion_address(settings: &Settings) -> Option<String> {
     let text = fs::read_to_string(settings.config.data_dir.join("onion").join("hostname")).ok()?;
     let name = text.trim().to_ascii_lowercase();
-    smtorp_smtp::address::validate_onion_v3(&name).ok().map(|()| name)
+    smtorp_smtp::address::validate_onion_v3(&name)
+        .ok()
+        .map(|()| name)
 }

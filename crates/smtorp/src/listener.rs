@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use smtorp_smtp::{serve, Policy, Session, SessionConfig};
-use tokio::io::AsyncWriteExt;
 use std::future::Future;
+use tokio::io::AsyncWriteExt;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
@@ -35,8 +35,11 @@ pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 }
 
 /// Runs one session on any stream, ending it with 421 when `shutdown` turns true.
-pub async fn run_session<S, P>(stream: S, factory: &SessionFactory<P>, mut shutdown: watch::Receiver<bool>)
-where
+pub async fn run_session<S, P>(
+    stream: S,
+    factory: &SessionFactory<P>,
+    mut shutdown: watch::Receiver<bool>,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     P: Policy + Clone,
 {
@@ -61,15 +64,25 @@ pub async fn serve_tcp<P>(
     accept_loop(listener, factory, shutdown).await;
 }
 
-async fn accept_loop<P>(listener: TcpListener, factory: Arc<SessionFactory<P>>, shutdown: watch::Receiver<bool>)
-where
+async fn accept_loop<P>(
+    listener: TcpListener,
+    factory: Arc<SessionFactory<P>>,
+    shutdown: watch::Receiver<bool>,
+) where
     P: Policy + Clone + Send + Sync + 'static,
 {
     let (limit, hostname) = (factory.max_sessions, factory.config.hostname.clone());
-    accept_sessions(listener, limit, &hostname, "smtp", shutdown, move |stream, stop| {
-        let factory = factory.clone();
-        async move { run_session(stream, &factory, stop).await }
-    })
+    accept_sessions(
+        listener,
+        limit,
+        &hostname,
+        "smtp",
+        shutdown,
+        move |stream, stop| {
+            let factory = factory.clone();
+            async move { run_session(stream, &factory, stop).await }
+        },
+    )
     .await;
 }
 

@@ -61,12 +61,19 @@ pub fn write(dir: &Path, envelope: &DropEnvelope, message: &[u8]) -> std::io::Re
         now.as_secs(),
         now.subsec_nanos(),
         std::process::id(),
-        random.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        random
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
     );
     let tmp = dir.join(format!(".{name}"));
     let done = dir.join(&name);
     let result = (|| {
-        let mut file = OpenOptions::new().write(true).create_new(true).mode(0o644).open(&tmp)?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&tmp)?;
         file.write_all(MAGIC)?;
         serde_json::to_writer(&mut file, envelope)?;
         file.write_all(b"\n")?;
@@ -86,8 +93,13 @@ pub fn read(path: &Path) -> std::io::Result<(DropEnvelope, Vec<u8>)> {
     let mut bytes = Vec::new();
     File::open(path)?.read_to_end(&mut bytes)?;
     let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
-    let rest = bytes.strip_prefix(MAGIC).ok_or_else(|| bad("not a maildrop file"))?;
-    let line_end = rest.iter().position(|&b| b == b'\n').ok_or_else(|| bad("no envelope line"))?;
+    let rest = bytes
+        .strip_prefix(MAGIC)
+        .ok_or_else(|| bad("not a maildrop file"))?;
+    let line_end = rest
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or_else(|| bad("no envelope line"))?;
     let envelope: DropEnvelope =
         serde_json::from_slice(&rest[..line_end]).map_err(|e| bad(&format!("envelope: {e}")))?;
     Ok((envelope, rest[line_end + 1..].to_vec()))
@@ -107,7 +119,10 @@ fn waiting(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 /// Moves a file that can never be enqueued aside (kept for the administrator, not lost).
 fn quarantine(dir: &Path, path: &Path) {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let bad = dir.join(".rejected");
     let _ = fs::create_dir_all(&bad);
     if let Err(e) = fs::rename(path, bad.join(&name)) {
@@ -143,7 +158,10 @@ pub async fn pickup_once(dir: &Path, intake: &Intake) -> usize {
         };
         // The file name is the token: if a crash came between the queue commit and the
         // removal of the file, the second pickup finds the token and queues nothing.
-        let token = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let token = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         match intake.enqueue_once(arrival, &token).await {
             Ok(queued) => {
                 if queued.is_some() {
@@ -153,7 +171,9 @@ pub async fn pickup_once(dir: &Path, intake: &Intake) -> usize {
                     Ok(()) => {
                         let _ = intake.queue().forget_token(&token);
                     }
-                    Err(e) => warn!(file = %path.display(), error = %e, "cannot remove picked-up maildrop file"),
+                    Err(e) => {
+                        warn!(file = %path.display(), error = %e, "cannot remove picked-up maildrop file")
+                    }
                 }
             }
             Err(IntakeError::Rejected(why)) => {
@@ -206,7 +226,10 @@ mod tests {
     #[test]
     fn write_and_read_back() {
         let dir = tempfile::tempdir().unwrap();
-        let env = DropEnvelope { sender: "a@b.onion".into(), recipients: vec!["c@d.onion".into()] };
+        let env = DropEnvelope {
+            sender: "a@b.onion".into(),
+            recipients: vec!["c@d.onion".into()],
+        };
         let path = write(dir.path(), &env, b"Subject: x\r\n\r\nhi\r\n").unwrap();
         let (e, m) = read(&path).unwrap();
         assert_eq!(e, env);
@@ -228,10 +251,17 @@ mod tests {
         let settings = Arc::new(config::check(config::parse(&text).unwrap()).unwrap());
         let queue = Arc::new(smtorp_queue::Queue::open(&settings.queue_dir()).unwrap());
         let directory = Arc::new(Directory::new(settings.clone(), None));
-        let intake = Intake::new(queue.clone(), directory, Arc::new(tokio::sync::Notify::new()));
+        let intake = Intake::new(
+            queue.clone(),
+            directory,
+            Arc::new(tokio::sync::Notify::new()),
+        );
         let drop_dir = settings.maildrop_dir();
         create_dir(&drop_dir).unwrap();
-        let env = DropEnvelope { sender: "alice@mail.test".into(), recipients: vec!["alice@mail.test".into()] };
+        let env = DropEnvelope {
+            sender: "alice@mail.test".into(),
+            recipients: vec!["alice@mail.test".into()],
+        };
         let path = write(&drop_dir, &env, b"Subject: once\r\n\r\nhi\r\n").unwrap();
         let token = path.file_name().unwrap().to_string_lossy().into_owned();
         // The first pickup got as far as the commit...
@@ -242,7 +272,11 @@ mod tests {
             origin: Origin::Maildrop,
             data: b"Subject: once\r\n\r\nhi\r\n",
         };
-        assert!(intake.enqueue_once(arrival, &token).await.unwrap().is_some());
+        assert!(intake
+            .enqueue_once(arrival, &token)
+            .await
+            .unwrap()
+            .is_some());
         assert_eq!(queue.len(), 1);
         // ...then the daemon died. The next pickup must not queue it again.
         assert_eq!(pickup_once(&drop_dir, &intake).await, 0);

@@ -134,7 +134,13 @@ fn sendmail_main(config_path: Option<PathBuf>, args: &[String]) -> ExitCode {
     let onion = layout::onion_address(&settings);
     let directory = directory::Directory::new(settings.clone(), onion.as_deref());
     let stdin = std::io::stdin().lock();
-    match sendmail::run(args, &directory, &settings.config.privacy, &settings.maildrop_dir(), stdin) {
+    match sendmail::run(
+        args,
+        &directory,
+        &settings.config.privacy,
+        &settings.maildrop_dir(),
+        stdin,
+    ) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sendmail: {}", e.message);
@@ -151,7 +157,10 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             // Opening the queue once creates the store.
             drop(daemon::open_queue(&settings)?);
             if created.is_empty() {
-                say!("{} is ready; nothing to create", settings.config.data_dir.display());
+                say!(
+                    "{} is ready; nothing to create",
+                    settings.config.data_dir.display()
+                );
             }
             for path in created {
                 say!("created {}", path.display());
@@ -185,14 +194,17 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                     layout::create(&settings)?;
                     say!("{}", onion::ensure_address(&settings)?);
                 }
-                None => anyhow::bail!("the onion service is off ([onion] enabled = false) and has no key yet"),
+                None => anyhow::bail!(
+                    "the onion service is off ([onion] enabled = false) and has no key yet"
+                ),
             }
             Ok(())
         }
         Command::Run => {
             let settings = load(cli.config.as_deref())?;
             init_logging(&settings.config.log.level);
-            let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            let runtime =
+                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             runtime.block_on(daemon::run(settings))
         }
         Command::CheckConfig => {
@@ -213,7 +225,8 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             if std::env::var_os("RUST_LOG").is_some() {
                 init_logging("warn");
             }
-            let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            let runtime =
+                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             runtime.block_on(demo::run(keep))
         }
         Command::Sendmail { .. } => unreachable_sendmail(),
@@ -260,7 +273,12 @@ fn main() -> ExitCode {
         return sendmail_main(None, &argv[1..]);
     }
     let cli = if program == "mailq" {
-        Cli { config: None, command: Command::Queue { command: QueueCommand::List } }
+        Cli {
+            config: None,
+            command: Command::Queue {
+                command: QueueCommand::List,
+            },
+        }
     } else {
         Cli::parse()
     };

@@ -101,7 +101,10 @@ pub async fn serve(
             _ = stopped(&mut shutdown) => return,
         }
     };
-    info!(seconds = started.elapsed().as_secs_f64(), "Tor bootstrapped");
+    info!(
+        seconds = started.elapsed().as_secs_f64(),
+        "Tor bootstrapped"
+    );
     let _ = cell.set(transport.clone());
     let (address, mut streams) = match transport.launch() {
         Ok(x) => x,

@@ -38,13 +38,17 @@ pub fn hash(password: &str) -> anyhow::Result<String> {
 /// True if `password` matches the PHC string. Slow on purpose: call it off the async
 /// runtime (`spawn_blocking`).
 pub fn verify(phc: &str, password: &str) -> bool {
-    PasswordHash::new(phc)
-        .is_ok_and(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+    PasswordHash::new(phc).is_ok_and(|parsed| {
+        Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok()
+    })
 }
 
 /// A hash nobody's password matches, checked for unknown users so that they take as long
 /// as known ones.
-static DUMMY: LazyLock<String> = LazyLock::new(|| hash("\u{0}no such user\u{0}").unwrap_or_default());
+static DUMMY: LazyLock<String> =
+    LazyLock::new(|| hash("\u{0}no such user\u{0}").unwrap_or_default());
 
 /// The entries of a password file (a missing file has none). Lines that are not `user:phc`
 /// are skipped.
@@ -67,7 +71,11 @@ fn save(path: &Path, entries: &BTreeMap<String, String>) -> std::io::Result<()> 
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(".passwd.{}.tmp", std::process::id()));
     let result = (|| {
-        let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
         for (user, phc) in entries {
             writeln!(file, "{user}:{phc}")?;
         }
@@ -91,7 +99,13 @@ pub fn login_user(directory: &Directory, settings: &Settings, login: &str) -> Op
         None => login,
     };
     let user = directory.user_of(&local)?;
-    settings.config.local.users.iter().any(|u| u.eq_ignore_ascii_case(&user)).then_some(user)
+    settings
+        .config
+        .local
+        .users
+        .iter()
+        .any(|u| u.eq_ignore_ascii_case(&user))
+        .then_some(user)
 }
 
 /// The AUTH check: the user name if `password` is right. Blocking (argon2, file read).
@@ -119,11 +133,17 @@ fn read_password(user: &str) -> anyhow::Result<String> {
     let stdin = std::io::stdin();
     if !stdin.is_terminal() {
         let mut line = String::new();
-        stdin.lock().read_line(&mut line).context("cannot read the password from stdin")?;
+        stdin
+            .lock()
+            .read_line(&mut line)
+            .context("cannot read the password from stdin")?;
         return Ok(line.trim_end_matches(['\r', '\n']).to_owned());
     }
     let stty = |arg: &str| {
-        let _ = std::process::Command::new("stty").arg(arg).stdin(std::process::Stdio::inherit()).status();
+        let _ = std::process::Command::new("stty")
+            .arg(arg)
+            .stdin(std::process::Stdio::inherit())
+            .status();
     };
     let ask = |prompt: &str| -> anyhow::Result<String> {
         eprint!("{prompt}");
@@ -146,12 +166,21 @@ fn read_password(user: &str) -> anyhow::Result<String> {
 /// `smtorp passwd [--delete] USER`.
 pub fn command(settings: &Settings, user: &str, delete: bool) -> anyhow::Result<()> {
     let user = user.to_ascii_lowercase();
-    if !settings.config.local.users.iter().any(|u| u.eq_ignore_ascii_case(&user)) {
+    if !settings
+        .config
+        .local
+        .users
+        .iter()
+        .any(|u| u.eq_ignore_ascii_case(&user))
+    {
         bail!("`{user}` is not a local user: add it to [local] users first");
     }
     let file = path(settings);
     if !settings.config.data_dir.is_dir() {
-        bail!("{} does not exist: run `smtorp init` first", settings.config.data_dir.display());
+        bail!(
+            "{} does not exist: run `smtorp init` first",
+            settings.config.data_dir.display()
+        );
     }
     let mut entries = load(&file).with_context(|| format!("cannot read {}", file.display()))?;
     if delete {
@@ -200,7 +229,10 @@ mod tests {
         let mut entries = BTreeMap::new();
         entries.insert("alice".to_owned(), hash("pw").unwrap());
         save(&file, &entries).unwrap();
-        assert_eq!(fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert_eq!(load(&file).unwrap(), entries);
         assert!(check(&file, Some("alice"), "pw"));
         assert!(!check(&file, Some("alice"), "nope"));

@@ -17,10 +17,27 @@ use crate::headers;
 /// Applies the whole hygiene to a submitted message (CRLF line endings): strip, rewrite the
 /// date, complete the header. `sender` is the envelope sender (empty for `<>`), `domain` our
 /// primary domain (for Message-ID).
-pub fn clean_submitted(message: &[u8], sender: &str, domain: &str, privacy: &PrivacyConfig) -> Vec<u8> {
-    let names: Vec<String> = privacy.strip_headers.iter().map(|n| n.trim().to_ascii_lowercase()).collect();
-    let names: Vec<&str> = names.iter().map(String::as_str).filter(|n| !n.is_empty()).collect();
-    let mut message = if names.is_empty() { message.to_vec() } else { headers::without_fields(message, &names) };
+pub fn clean_submitted(
+    message: &[u8],
+    sender: &str,
+    domain: &str,
+    privacy: &PrivacyConfig,
+) -> Vec<u8> {
+    let names: Vec<String> = privacy
+        .strip_headers
+        .iter()
+        .map(|n| n.trim().to_ascii_lowercase())
+        .collect();
+    let names: Vec<&str> = names
+        .iter()
+        .map(String::as_str)
+        .filter(|n| !n.is_empty())
+        .collect();
+    let mut message = if names.is_empty() {
+        message.to_vec()
+    } else {
+        headers::without_fields(message, &names)
+    };
     if privacy.rewrite_date_to_utc {
         message = date_to_utc(&message);
     }
@@ -64,14 +81,22 @@ fn utc_date(raw: &[u8]) -> Option<String> {
 
 /// Adds what submitted mail lacks: From, Date (UTC), Message-ID; as configured in
 /// `[privacy]`.
-pub fn complete_header(message: &[u8], sender: &str, domain: &str, privacy: &PrivacyConfig) -> Vec<u8> {
+pub fn complete_header(
+    message: &[u8],
+    sender: &str,
+    domain: &str,
+    privacy: &PrivacyConfig,
+) -> Vec<u8> {
     let (header, _) = headers::split_header(message);
     let mut added = String::new();
     if !headers::has_field(header, "from") && !sender.is_empty() {
         added.push_str(&format!("From: <{sender}>\r\n"));
     }
     if privacy.add_date && !headers::has_field(header, "date") {
-        added.push_str(&format!("Date: {}\r\n", headers::rfc5322_date(headers::unix_now())));
+        added.push_str(&format!(
+            "Date: {}\r\n",
+            headers::rfc5322_date(headers::unix_now())
+        ));
     }
     if privacy.add_message_id && !headers::has_field(header, "message-id") {
         added.push_str(&format!("Message-ID: {}\r\n", headers::message_id(domain)));
@@ -101,7 +126,13 @@ mod tests {
     use super::*;
 
     fn clean(m: &str) -> String {
-        String::from_utf8(clean_submitted(m.as_bytes(), "a@b.onion", "b.onion", &PrivacyConfig::default())).unwrap()
+        String::from_utf8(clean_submitted(
+            m.as_bytes(),
+            "a@b.onion",
+            "b.onion",
+            &PrivacyConfig::default(),
+        ))
+        .unwrap()
     }
 
     #[test]
@@ -121,12 +152,23 @@ mod tests {
 
     #[test]
     fn local_dates_become_utc() {
-        let out = clean("Date: Tue, 2 Jan 2024 01:30:00 +0200\r\nMessage-ID: <1@b>\r\nFrom: x\r\n\r\nb\r\n");
-        assert!(out.starts_with("Date: Mon, 01 Jan 2024 23:30:00 +0000\r\n"), "{out}");
-        let out = clean("Date: Mon, 1 Jan 2024 20:00:00 -0530\r\nMessage-ID: <1@b>\r\nFrom: x\r\n\r\nb\r\n");
-        assert!(out.starts_with("Date: Tue, 02 Jan 2024 01:30:00 +0000\r\n"), "{out}");
+        let out = clean(
+            "Date: Tue, 2 Jan 2024 01:30:00 +0200\r\nMessage-ID: <1@b>\r\nFrom: x\r\n\r\nb\r\n",
+        );
+        assert!(
+            out.starts_with("Date: Mon, 01 Jan 2024 23:30:00 +0000\r\n"),
+            "{out}"
+        );
+        let out = clean(
+            "Date: Mon, 1 Jan 2024 20:00:00 -0530\r\nMessage-ID: <1@b>\r\nFrom: x\r\n\r\nb\r\n",
+        );
+        assert!(
+            out.starts_with("Date: Tue, 02 Jan 2024 01:30:00 +0000\r\n"),
+            "{out}"
+        );
         // UTC and unparsable dates are kept as they are.
-        let kept = "Date: Mon, 1 Jan 2024 00:00:00 +0000\r\nMessage-ID: <1@b>\r\nFrom: x\r\n\r\nb\r\n";
+        let kept =
+            "Date: Mon, 1 Jan 2024 00:00:00 +0000\r\nMessage-ID: <1@b>\r\nFrom: x\r\n\r\nb\r\n";
         assert_eq!(clean(kept), kept);
         let odd = "Date: sometime\r\nMessage-ID: <1@b>\r\nFrom: x\r\n\r\nb\r\n";
         assert_eq!(clean(odd), odd);
@@ -141,7 +183,10 @@ mod tests {
             strip_headers: Vec::new(),
         };
         let m = "From: x\r\nUser-Agent: u\r\nDate: Tue, 2 Jan 2024 01:30:00 +0200\r\n\r\nb\r\n";
-        assert_eq!(clean_submitted(m.as_bytes(), "a@b.onion", "b.onion", &p), m.as_bytes());
+        assert_eq!(
+            clean_submitted(m.as_bytes(), "a@b.onion", "b.onion", &p),
+            m.as_bytes()
+        );
     }
 
     #[test]
@@ -151,7 +196,10 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("From: <a@b.onion>\r\nDate: "), "{text}");
         assert!(text.contains(" +0000\r\nMessage-ID: <"), "{text}");
-        assert!(text.ends_with("@b.onion>\r\nSubject: x\r\n\r\nbody\r\n"), "{text}");
+        assert!(
+            text.ends_with("@b.onion>\r\nSubject: x\r\n\r\nbody\r\n"),
+            "{text}"
+        );
         let bare = complete_header(b"just text\r\n", "a@b.onion", "b.onion", &p);
         assert!(bare.ends_with(b">\r\n\r\njust text\r\n"));
         let kept = complete_header(
@@ -160,6 +208,9 @@ mod tests {
             "b.onion",
             &p,
         );
-        assert!(kept.starts_with(b"From: x@b.onion\r\nDate: Mon"), "fields present are kept as they are");
+        assert!(
+            kept.starts_with(b"From: x@b.onion\r\nDate: Mon"),
+            "fields present are kept as they are"
+        );
     }
 }

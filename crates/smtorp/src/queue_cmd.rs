@@ -24,10 +24,17 @@ pub fn run(settings: &Arc<Settings>, request: Request) -> anyhow::Result<Answer>
     let queue = Arc::new(daemon::open_queue(settings)?);
     let address = layout::onion_address(settings);
     let directory = Arc::new(Directory::new(settings.clone(), address.as_deref()));
-    let intake = Arc::new(Intake::new(queue.clone(), directory.clone(), Arc::new(tokio::sync::Notify::new())));
+    let intake = Arc::new(Intake::new(
+        queue.clone(),
+        directory.clone(),
+        Arc::new(tokio::sync::Notify::new()),
+    ));
     let admin = Admin {
         queue,
-        bouncer: Arc::new(DsnBouncer { intake, domain: directory.primary_domain().to_owned() }),
+        bouncer: Arc::new(DsnBouncer {
+            intake,
+            domain: directory.primary_domain().to_owned(),
+        }),
         waker: None,
         backoff: None,
         stats: None,
@@ -37,8 +44,12 @@ pub fn run(settings: &Arc<Settings>, request: Request) -> anyhow::Result<Answer>
         address,
         started: None,
     };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(admin.execute(request)).map_err(|e| anyhow::anyhow!(e))
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime
+        .block_on(admin.execute(request))
+        .map_err(|e| anyhow::anyhow!(e))
 }
 
 /// "3m", "2h", "4d": a short age.
@@ -61,7 +72,11 @@ fn state(s: RecipientState) -> &'static str {
 
 /// One line of `queue list`.
 pub fn format_line(env: &Envelope, now: u64) -> String {
-    let sender = if env.sender.is_empty() { "<>" } else { env.sender.as_str() };
+    let sender = if env.sender.is_empty() {
+        "<>"
+    } else {
+        env.sender.as_str()
+    };
     let next = match env.next_due {
         Some(t) if t > now => format!("next try in {}", age(t - now)),
         Some(_) => "due now".into(),
@@ -71,8 +86,18 @@ pub fn format_line(env: &Envelope, now: u64) -> String {
         .recipients
         .iter()
         .map(|r| match &r.last_error {
-            Some(e) => format!("{} ({}, {} attempts: {e})", r.address, state(r.state), r.attempts),
-            None => format!("{} ({}, {} attempts)", r.address, state(r.state), r.attempts),
+            Some(e) => format!(
+                "{} ({}, {} attempts: {e})",
+                r.address,
+                state(r.state),
+                r.attempts
+            ),
+            None => format!(
+                "{} ({}, {} attempts)",
+                r.address,
+                state(r.state),
+                r.attempts
+            ),
         })
         .collect();
     format!(
@@ -98,7 +123,11 @@ pub fn print(answer: Answer) -> anyhow::Result<()> {
         }
         Answer::Message { envelope, header } => {
             say!("queue id:  {}", envelope.id);
-            say!("arrived:   {} ({} ago)", crate::headers::rfc5322_date(envelope.arrival), age(now.saturating_sub(envelope.arrival)));
+            say!(
+                "arrived:   {} ({} ago)",
+                crate::headers::rfc5322_date(envelope.arrival),
+                age(now.saturating_sub(envelope.arrival))
+            );
             say!("origin:    {:?}", envelope.origin);
             say!("size:      {} bytes", envelope.size);
             say!("sender:    <{}>", envelope.sender);
@@ -113,7 +142,10 @@ pub fn print(answer: Answer) -> anyhow::Result<()> {
                     r.address,
                     state(r.state),
                     r.attempts,
-                    r.last_error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
+                    r.last_error
+                        .as_ref()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
                 );
             }
             say!();
@@ -127,7 +159,14 @@ pub fn print(answer: Answer) -> anyhow::Result<()> {
 
 fn print_status(s: &StatusReport) {
     let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-    say!("daemon:           {}", if s.daemon_running { "running" } else { "not running" });
+    say!(
+        "daemon:           {}",
+        if s.daemon_running {
+            "running"
+        } else {
+            "not running"
+        }
+    );
     if let Some(up) = s.uptime_secs {
         say!("uptime:           {}", age(up));
     }
@@ -137,8 +176,16 @@ fn print_status(s: &StatusReport) {
         say!("onion service:    {}", opt(&s.onion_service));
     }
     say!("queued messages:  {}", s.messages);
-    say!("recipients:       {} new, {} deferred", s.recipients_new, s.recipients_deferred);
-    if let (Some(d), Some(f), Some(r)) = (s.delivered_since_start, s.failed_since_start, s.deferred_since_start) {
+    say!(
+        "recipients:       {} new, {} deferred",
+        s.recipients_new,
+        s.recipients_deferred
+    );
+    if let (Some(d), Some(f), Some(r)) = (
+        s.delivered_since_start,
+        s.failed_since_start,
+        s.deferred_since_start,
+    ) {
         say!("since start:      {d} delivered, {f} failed, {r} deferred attempts");
     }
     if let Some(c) = s.connections_since_start {

@@ -40,7 +40,10 @@ pub struct SendmailError {
 }
 
 fn fail(code: i32, message: impl Into<String>) -> SendmailError {
-    SendmailError { code, message: message.into() }
+    SendmailError {
+        code,
+        message: message.into(),
+    }
 }
 
 /// Parsed sendmail options.
@@ -74,10 +77,15 @@ pub fn parse_args(args: &[String]) -> Result<Options, SendmailError> {
                 let value = if flags.len() > 1 {
                     flags[1..].to_owned()
                 } else {
-                    iter.next().cloned().ok_or_else(|| fail(exit::USAGE, "-f needs a sender"))?
+                    iter.next()
+                        .cloned()
+                        .ok_or_else(|| fail(exit::USAGE, "-f needs a sender"))?
                 };
                 let value = value.trim();
-                let value = value.strip_prefix('<').and_then(|v| v.strip_suffix('>')).unwrap_or(value);
+                let value = value
+                    .strip_prefix('<')
+                    .and_then(|v| v.strip_suffix('>'))
+                    .unwrap_or(value);
                 options.from = Some(value.to_owned());
             }
             b'F' | b'B' | b'N' | b'V' | b'R' | b'X' | b'h' | b'L' | b'p' | b'q' => {
@@ -94,7 +102,12 @@ pub fn parse_args(args: &[String]) -> Result<Options, SendmailError> {
             }
             b'b' => match flags {
                 "bm" => {}
-                _ => return Err(fail(exit::USAGE, format!("-{flags} is not supported (only -bm)"))),
+                _ => {
+                    return Err(fail(
+                        exit::USAGE,
+                        format!("-{flags} is not supported (only -bm)"),
+                    ))
+                }
             },
             _ => {
                 for flag in flags.chars() {
@@ -150,14 +163,17 @@ fn header_recipients(message: &[u8]) -> Vec<String> {
 /// Checks one recipient; unqualified names get our primary domain.
 fn check_recipient(directory: &Directory, rcpt: &str) -> Result<String, SendmailError> {
     let rcpt = rcpt.trim();
-    let rcpt = rcpt.strip_prefix('<').and_then(|r| r.strip_suffix('>')).unwrap_or(rcpt);
+    let rcpt = rcpt
+        .strip_prefix('<')
+        .and_then(|r| r.strip_suffix('>'))
+        .unwrap_or(rcpt);
     let full = if rcpt.contains('@') {
         rcpt.to_owned()
     } else {
         format!("{rcpt}@{}", directory.primary_domain())
     };
-    let address = Address::parse(&full, true)
-        .map_err(|e| fail(exit::DATAERR, format!("{full}: {e}")))?;
+    let address =
+        Address::parse(&full, true).map_err(|e| fail(exit::DATAERR, format!("{full}: {e}")))?;
     if directory.is_local_domain(&address.domain) {
         if directory.user_of(&address.local_part).is_none() {
             return Err(fail(exit::NOUSER, format!("{full}: no such local user")));
@@ -176,7 +192,11 @@ fn login_name() -> String {
     ["LOGNAME", "USER"]
         .iter()
         .filter_map(|v| std::env::var(v).ok())
-        .find(|v| !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)))
+        .find(|v| {
+            !v.is_empty()
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        })
         .unwrap_or_else(|| "root".into())
 }
 
@@ -201,10 +221,17 @@ pub fn run(
         message = headers::without_fields(&message, &["bcc"]);
     }
     if wanted.is_empty() {
-        return Err(fail(exit::USAGE, "no recipients given (use arguments or -t)"));
+        return Err(fail(
+            exit::USAGE,
+            "no recipients given (use arguments or -t)",
+        ));
     }
     let mut recipients: Vec<String> = Vec::new();
-    for rcpt in wanted.iter().flat_map(|r| r.split(',')).filter(|r| !r.trim().is_empty()) {
+    for rcpt in wanted
+        .iter()
+        .flat_map(|r| r.split(','))
+        .filter(|r| !r.trim().is_empty())
+    {
         let checked = check_recipient(directory, rcpt)?;
         if !recipients.contains(&checked) {
             recipients.push(checked);
@@ -217,11 +244,20 @@ pub fn run(
         None => format!("{}@{}", login_name(), directory.primary_domain()),
     };
     if !sender.is_empty() {
-        Address::parse(&sender, true).map_err(|e| fail(exit::DATAERR, format!("sender {sender}: {e}")))?;
+        Address::parse(&sender, true)
+            .map_err(|e| fail(exit::DATAERR, format!("sender {sender}: {e}")))?;
     }
-    let message = crate::privacy::clean_submitted(&message, &sender, directory.primary_domain(), privacy);
-    maildrop::write(maildrop_dir, &DropEnvelope { sender, recipients }, &message)
-        .map_err(|e| fail(exit::CANTCREAT, format!("cannot write to the maildrop {}: {e}", maildrop_dir.display())))
+    let message =
+        crate::privacy::clean_submitted(&message, &sender, directory.primary_domain(), privacy);
+    maildrop::write(maildrop_dir, &DropEnvelope { sender, recipients }, &message).map_err(|e| {
+        fail(
+            exit::CANTCREAT,
+            format!(
+                "cannot write to the maildrop {}: {e}",
+                maildrop_dir.display()
+            ),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -237,7 +273,15 @@ mod tests {
     fn classic_command_lines() {
         let o = parse_args(&args(&["-oi", "-t"])).unwrap();
         assert!(o.ignore_dots && o.recipients_from_header);
-        let o = parse_args(&args(&["-oem", "-oi", "-f", "a@b.onion", "--", "x@y.onion"])).unwrap();
+        let o = parse_args(&args(&[
+            "-oem",
+            "-oi",
+            "-f",
+            "a@b.onion",
+            "--",
+            "x@y.onion",
+        ]))
+        .unwrap();
         assert_eq!(o.from.as_deref(), Some("a@b.onion"));
         assert_eq!(o.recipients, vec!["x@y.onion"]);
         let o = parse_args(&args(&["-fa@b.onion", "-F", "Alice", "-ti", "bob"])).unwrap();
@@ -253,7 +297,10 @@ mod tests {
     #[test]
     fn dot_ends_input_unless_i() {
         let input = b"Subject: x\n\nbody\n.\nafter\n";
-        assert_eq!(read_message(&input[..], false).unwrap(), b"Subject: x\n\nbody\n");
+        assert_eq!(
+            read_message(&input[..], false).unwrap(),
+            b"Subject: x\n\nbody\n"
+        );
         assert_eq!(read_message(&input[..], true).unwrap(), input.to_vec());
     }
 
@@ -261,7 +308,9 @@ mod tests {
     fn recipients_from_header() {
         let m = b"To: Alice <alice@a.onion>, bob@b.onion\r\nCc: c@c.onion\r\nBcc: d@d.onion\r\n\r\nhi\r\n";
         let r = header_recipients(headers::split_header(m).0);
-        assert_eq!(r, vec!["alice@a.onion", "bob@b.onion", "c@c.onion", "d@d.onion"]);
+        assert_eq!(
+            r,
+            vec!["alice@a.onion", "bob@b.onion", "c@c.onion", "d@d.onion"]
+        );
     }
-
 }

@@ -21,7 +21,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use smtorp_queue::Origin;
-use smtorp_smtp::{serve_submission, Address, Credentials, Handler, Policy, Reply, Session, SessionConfig, SessionKind, Transaction};
+use smtorp_smtp::{
+    serve_submission, Address, Credentials, Handler, Policy, Reply, Session, SessionConfig,
+    SessionKind, Transaction,
+};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -54,12 +57,17 @@ impl Policy for SubmissionPolicy {
             return Err(Reply::new(530, [5, 7, 0], "Authentication required"));
         };
         let own = sender.is_some_and(|s| {
-            self.0.is_local_domain(&s.domain) && self.0.user_of(&s.local_part).as_deref() == Some(user)
+            self.0.is_local_domain(&s.domain)
+                && self.0.user_of(&s.local_part).as_deref() == Some(user)
         });
         if own {
             Ok(())
         } else {
-            Err(Reply::new(553, [5, 7, 1], format!("Sender address rejected: not owned by user {user}")))
+            Err(Reply::new(
+                553,
+                [5, 7, 1],
+                format!("Sender address rejected: not owned by user {user}"),
+            ))
         }
     }
 
@@ -95,9 +103,15 @@ impl Failures {
 
     fn failed(&mut self, user: &str) -> u32 {
         if self.0.len() >= MAX_TRACKED_USERS && !self.0.contains_key(user) {
-            self.0.retain(|_, (_, since)| since.elapsed() <= USER_FAILURE_WINDOW);
+            self.0
+                .retain(|_, (_, since)| since.elapsed() <= USER_FAILURE_WINDOW);
             if self.0.len() >= MAX_TRACKED_USERS {
-                if let Some(oldest) = self.0.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| k.clone()) {
+                if let Some(oldest) = self
+                    .0
+                    .iter()
+                    .min_by_key(|(_, (_, t))| *t)
+                    .map(|(k, _)| k.clone())
+                {
                     self.0.remove(&oldest);
                 }
             }
@@ -130,8 +144,17 @@ pub struct SubmissionHandler {
 
 impl SubmissionHandler {
     /// A handler for these parts.
-    pub fn new(intake: Arc<Intake>, directory: Arc<Directory>, settings: Arc<Settings>) -> SubmissionHandler {
-        SubmissionHandler { intake, directory, settings, failures: Mutex::new(Failures::default()) }
+    pub fn new(
+        intake: Arc<Intake>,
+        directory: Arc<Directory>,
+        settings: Arc<Settings>,
+    ) -> SubmissionHandler {
+        SubmissionHandler {
+            intake,
+            directory,
+            settings,
+            failures: Mutex::new(Failures::default()),
+        }
     }
 
     fn privacy(&self) -> &PrivacyConfig {
@@ -139,13 +162,20 @@ impl SubmissionHandler {
     }
 
     fn failures(&self) -> std::sync::MutexGuard<'_, Failures> {
-        self.failures.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.failures
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
 impl Handler for SubmissionHandler {
     async fn enqueue(&self, tx: Transaction) -> Result<String, Reply> {
-        let data = privacy::clean_submitted(&tx.data, &tx.sender, self.directory.primary_domain(), self.privacy());
+        let data = privacy::clean_submitted(
+            &tx.data,
+            &tx.sender,
+            self.directory.primary_domain(),
+            self.privacy(),
+        );
         let arrival = Arrival {
             sender: &tx.sender,
             recipients: &tx.recipients,
@@ -162,24 +192,37 @@ impl Handler for SubmissionHandler {
             Err(IntakeError::Rejected(why)) => Err(Reply::new(554, [5, 6, 0], why)),
             Err(IntakeError::Store(e)) => {
                 warn!(error = %e, "cannot queue a submitted message: answering 451");
-                Err(Reply::new(451, [4, 3, 0], "Queue temporarily unavailable, try again later"))
+                Err(Reply::new(
+                    451,
+                    [4, 3, 0],
+                    "Queue temporarily unavailable, try again later",
+                ))
             }
         }
     }
 
     async fn authenticate(&self, credentials: Credentials) -> Result<String, Reply> {
-        let Credentials { user: login, password } = credentials;
+        let Credentials {
+            user: login,
+            password,
+        } = credentials;
         let user = passwd::login_user(&self.directory, &self.settings, &login);
         let key = user.clone().unwrap_or_else(|| login.to_ascii_lowercase());
         if self.failures().locked(&key) {
             warn!(user = ?loggable(&login), "AUTH refused: too many recent failures for this user");
-            return Err(Reply::new(454, [4, 7, 0], "Temporary authentication failure, try again later"));
+            return Err(Reply::new(
+                454,
+                [4, 7, 0],
+                "Temporary authentication failure, try again later",
+            ));
         }
         let file = passwd::path(&self.settings);
         let candidate = user.clone();
-        let ok = tokio::task::spawn_blocking(move || passwd::check(&file, candidate.as_deref(), &password))
-            .await
-            .unwrap_or(false);
+        let ok = tokio::task::spawn_blocking(move || {
+            passwd::check(&file, candidate.as_deref(), &password)
+        })
+        .await
+        .unwrap_or(false);
         match (ok, user) {
             (true, Some(user)) => {
                 self.failures().succeeded(&user);
@@ -189,7 +232,11 @@ impl Handler for SubmissionHandler {
             _ => {
                 let count = self.failures().failed(&key);
                 warn!(user = ?loggable(&login), recent_failures = count, "AUTH failed");
-                Err(Reply::new(535, [5, 7, 8], "Authentication credentials invalid"))
+                Err(Reply::new(
+                    535,
+                    [5, 7, 8],
+                    "Authentication credentials invalid",
+                ))
             }
         }
     }
@@ -197,7 +244,10 @@ impl Handler for SubmissionHandler {
 
 /// The session limits of the submission port.
 pub fn session_config(settings: &Settings, hostname: &str) -> SessionConfig {
-    SessionConfig { kind: SessionKind::Submission, ..crate::daemon::session_config(settings, hostname) }
+    SessionConfig {
+        kind: SessionKind::Submission,
+        ..crate::daemon::session_config(settings, hostname)
+    }
 }
 
 /// Binds the `[submission] listen` sockets and spawns their accept loops into `tasks`. Makes
@@ -220,7 +270,11 @@ pub async fn spawn(
     if let Ok(fp) = tls::fingerprint(settings) {
         info!(sha256 = %fp, "submission certificate");
     }
-    let handler = Arc::new(SubmissionHandler::new(intake.clone(), directory.clone(), settings.clone()));
+    let handler = Arc::new(SubmissionHandler::new(
+        intake.clone(),
+        directory.clone(),
+        settings.clone(),
+    ));
     let port = Arc::new(Port {
         config: session_config(settings, directory.primary_domain()),
         policy: SubmissionPolicy(directory.clone()),
@@ -229,7 +283,9 @@ pub async fn spawn(
         max_sessions: settings.config.smtp.max_sessions,
     });
     for text in listen {
-        let addr: SocketAddr = text.parse().with_context(|| format!("submission.listen: `{text}` is not IP:PORT"))?;
+        let addr: SocketAddr = text
+            .parse()
+            .with_context(|| format!("submission.listen: `{text}` is not IP:PORT"))?;
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr} ([submission] listen)"))?;
@@ -250,16 +306,31 @@ struct Port {
 
 async fn accept_loop(listener: TcpListener, port: Arc<Port>, shutdown: watch::Receiver<bool>) {
     let (limit, hostname) = (port.max_sessions, port.config.hostname.clone());
-    accept_sessions(listener, limit, &hostname, "submission", shutdown, move |stream, mut stop| {
-        let port = port.clone();
-        async move {
-            let session = Session::new(port.config.clone(), port.policy.clone());
-            let stopping = async move { stopped(&mut stop).await };
-            if let Err(e) = serve_submission(stream, session, port.handler.as_ref(), &port.acceptor, stopping).await {
-                debug!(error = %e, "submission session ended with an I/O error");
+    accept_sessions(
+        listener,
+        limit,
+        &hostname,
+        "submission",
+        shutdown,
+        move |stream, mut stop| {
+            let port = port.clone();
+            async move {
+                let session = Session::new(port.config.clone(), port.policy.clone());
+                let stopping = async move { stopped(&mut stop).await };
+                if let Err(e) = serve_submission(
+                    stream,
+                    session,
+                    port.handler.as_ref(),
+                    &port.acceptor,
+                    stopping,
+                )
+                .await
+                {
+                    debug!(error = %e, "submission session ended with an I/O error");
+                }
             }
-        }
-    })
+        },
+    )
     .await;
 }
 
@@ -274,7 +345,10 @@ mod tests {
             "data_dir = \"/d\"\n[local]\ndomains = [\"mail.test\"]\nusers = [\"alice\", \"bob\"]\naliases = { info = \"bob\", postmaster = \"alice\" }\n",
         )
         .unwrap();
-        SubmissionPolicy(Arc::new(Directory::new(Arc::new(config::check(c).unwrap()), None)))
+        SubmissionPolicy(Arc::new(Directory::new(
+            Arc::new(config::check(c).unwrap()),
+            None,
+        )))
     }
 
     fn addr(s: &str) -> Address {
@@ -284,22 +358,42 @@ mod tests {
     #[test]
     fn senders_are_the_users_own_addresses() {
         let p = policy();
-        assert!(p.check_sender(Some(&addr("alice@mail.test")), Some("alice")).is_ok());
-        assert!(p.check_sender(Some(&addr("postmaster@mail.test")), Some("alice")).is_ok());
-        assert!(p.check_sender(Some(&addr("info@mail.test")), Some("bob")).is_ok());
-        for (sender, user) in [("bob@mail.test", "alice"), ("info@mail.test", "alice"), ("alice@other.test", "alice")] {
+        assert!(p
+            .check_sender(Some(&addr("alice@mail.test")), Some("alice"))
+            .is_ok());
+        assert!(p
+            .check_sender(Some(&addr("postmaster@mail.test")), Some("alice"))
+            .is_ok());
+        assert!(p
+            .check_sender(Some(&addr("info@mail.test")), Some("bob"))
+            .is_ok());
+        for (sender, user) in [
+            ("bob@mail.test", "alice"),
+            ("info@mail.test", "alice"),
+            ("alice@other.test", "alice"),
+        ] {
             let r = p.check_sender(Some(&addr(sender)), Some(user)).unwrap_err();
             assert_eq!((r.code, r.enhanced), (553, [5, 7, 1]), "{sender}");
         }
         assert_eq!(p.check_sender(None, Some("alice")).unwrap_err().code, 553);
-        assert_eq!(p.check_sender(Some(&addr("alice@mail.test")), None).unwrap_err().code, 530);
+        assert_eq!(
+            p.check_sender(Some(&addr("alice@mail.test")), None)
+                .unwrap_err()
+                .code,
+            530
+        );
     }
 
     #[test]
     fn recipients_local_or_onion() {
         let p = policy();
         assert!(p.check_recipient(&addr("bob@mail.test")).is_ok());
-        assert_eq!(p.check_recipient(&addr("carol@mail.test")).unwrap_err().code, 550);
+        assert_eq!(
+            p.check_recipient(&addr("carol@mail.test"))
+                .unwrap_err()
+                .code,
+            550
+        );
         let onion = smtorp_smtp::address::onion_v3_from_key(&[3u8; 32]);
         assert!(p.check_recipient(&addr(&format!("x@{onion}"))).is_ok());
         let r = p.check_recipient(&addr("x@example.com")).unwrap_err();

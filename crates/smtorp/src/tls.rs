@@ -29,8 +29,16 @@ use crate::config::Settings;
 pub fn paths(settings: &Settings) -> (PathBuf, PathBuf) {
     let sub = &settings.config.submission;
     let dir = settings.config.data_dir.join("tls");
-    let cert = if sub.tls_cert.is_empty() { dir.join("cert.pem") } else { PathBuf::from(&sub.tls_cert) };
-    let key = if sub.tls_key.is_empty() { dir.join("key.pem") } else { PathBuf::from(&sub.tls_key) };
+    let cert = if sub.tls_cert.is_empty() {
+        dir.join("cert.pem")
+    } else {
+        PathBuf::from(&sub.tls_cert)
+    };
+    let key = if sub.tls_key.is_empty() {
+        dir.join("key.pem")
+    } else {
+        PathBuf::from(&sub.tls_key)
+    };
     (cert, key)
 }
 
@@ -70,7 +78,9 @@ pub fn generate(domain: &str) -> anyhow::Result<(String, String)> {
     name.push(rcgen::DnType::CommonName, domain);
     params.distinguished_name = name;
     let key = rcgen::KeyPair::generate().context("cannot generate a TLS key")?;
-    let cert = params.self_signed(&key).context("cannot sign the certificate")?;
+    let cert = params
+        .self_signed(&key)
+        .context("cannot sign the certificate")?;
     Ok((cert.pem(), key.serialize_pem()))
 }
 
@@ -84,8 +94,11 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
         .mode(mode)
         .open(&tmp)
         .with_context(|| format!("cannot create {}", tmp.display()))?;
-    file.write_all(bytes).and_then(|()| file.sync_all()).with_context(|| format!("cannot write {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    fs::rename(&tmp, path)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
 }
 
 /// The SHA-256 fingerprint of the first certificate in a PEM text, as `AB:CD:...`.
@@ -95,13 +108,18 @@ pub fn fingerprint_pem(pem: &[u8]) -> anyhow::Result<String> {
         .context("no certificate in the PEM text")?
         .context("malformed PEM certificate")?;
     let digest = Sha256::digest(cert.as_ref());
-    Ok(digest.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":"))
+    Ok(digest
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":"))
 }
 
 /// The fingerprint of the certificate in force.
 pub fn fingerprint(settings: &Settings) -> anyhow::Result<String> {
     let (cert, _) = paths(settings);
-    let pem = fs::read(&cert).with_context(|| format!("cannot read the certificate {}", cert.display()))?;
+    let pem = fs::read(&cert)
+        .with_context(|| format!("cannot read the certificate {}", cert.display()))?;
     fingerprint_pem(&pem).with_context(|| format!("in {}", cert.display()))
 }
 
@@ -118,19 +136,29 @@ pub fn acceptor(settings: &Settings) -> anyhow::Result<TlsAcceptor> {
     }
     let key = PrivateKeyDer::from_pem_file(&key_path)
         .with_context(|| format!("cannot read the private key {}", key_path.display()))?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .with_context(|| format!("{} and {} do not make a usable pair", cert_path.display(), key_path.display()))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .context("TLS protocol versions")?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .with_context(|| {
+        format!(
+            "{} and {} do not make a usable pair",
+            cert_path.display(),
+            key_path.display()
+        )
+    })?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 /// Our primary domain as the daemon will see it (the onion address once it has keys).
 fn primary_domain(settings: &Arc<Settings>) -> String {
     let onion = crate::layout::onion_address(settings);
-    crate::directory::Directory::new(settings.clone(), onion.as_deref()).primary_domain().to_owned()
+    crate::directory::Directory::new(settings.clone(), onion.as_deref())
+        .primary_domain()
+        .to_owned()
 }
 
 /// `smtorp init`: makes the self-signed certificate when the submission port is on and no
@@ -141,15 +169,24 @@ pub fn init(settings: &Settings) -> anyhow::Result<()> {
     }
     let settings = Arc::new(settings.clone());
     if let Some(path) = ensure(&settings, &primary_domain(&settings))? {
-        say!("created {} (self-signed, for the submission port)", path.display());
+        say!(
+            "created {} (self-signed, for the submission port)",
+            path.display()
+        );
     }
-    say!("submission certificate SHA-256 fingerprint: {}", fingerprint(&settings)?);
+    say!(
+        "submission certificate SHA-256 fingerprint: {}",
+        fingerprint(&settings)?
+    );
     Ok(())
 }
 
 /// `smtorp check-config`: the submission settings and the certificate's fingerprint.
 pub fn describe(settings: &Settings) {
-    say!("submission listen = {:?}", settings.config.submission.listen);
+    say!(
+        "submission listen = {:?}",
+        settings.config.submission.listen
+    );
     if settings.config.submission.listen.is_empty() {
         return;
     }

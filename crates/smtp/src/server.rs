@@ -53,7 +53,10 @@ pub enum MaybeTls<S> {
 }
 
 fn upgrading() -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::NotConnected, "TLS handshake in progress")
+    std::io::Error::new(
+        std::io::ErrorKind::NotConnected,
+        "TLS handshake in progress",
+    )
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for MaybeTls<S> {
@@ -132,7 +135,14 @@ where
     P: Policy,
     H: Handler,
 {
-    drive(MaybeTls::Plain(stream), session, handler, Some(tls), shutdown).await
+    drive(
+        MaybeTls::Plain(stream),
+        session,
+        handler,
+        Some(tls),
+        shutdown,
+    )
+    .await
 }
 
 /// The loop behind [`serve`] and [`serve_submission`].
@@ -468,9 +478,8 @@ mod tests {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let key = rcgen::generate_simple_self_signed(vec![DOMAIN.clone()]).unwrap();
         let cert = key.cert.der().clone();
-        let private = rustls::pki_types::PrivateKeyDer::Pkcs8(
-            key.signing_key.serialize_der().into(),
-        );
+        let private =
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.signing_key.serialize_der().into());
         let server = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .unwrap()
@@ -503,7 +512,11 @@ mod tests {
             if c.user == "alice" && c.password == "secret" {
                 Ok("alice".into())
             } else {
-                Err(Reply::new(535, [5, 7, 8], "Authentication credentials invalid"))
+                Err(Reply::new(
+                    535,
+                    [5, 7, 8],
+                    "Authentication credentials invalid",
+                ))
             }
         }
     }
@@ -534,8 +547,14 @@ mod tests {
         };
         let task = tokio::spawn(async move {
             let session = Session::new(cfg, TestPolicy);
-            serve_submission(server, session, &AuthHandler, &acceptor, std::future::pending())
-                .await
+            serve_submission(
+                server,
+                session,
+                &AuthHandler,
+                &acceptor,
+                std::future::pending(),
+            )
+            .await
         });
         let mut plain = BufReader::new(client);
         assert!(read_reply(&mut plain).await.starts_with("220 "));
@@ -547,19 +566,31 @@ mod tests {
             .write_all(b"STARTTLS\r\nEHLO evil\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n")
             .await
             .unwrap();
-        assert_eq!(read_reply(&mut plain).await, "220 2.0.0 Ready to start TLS\r\n");
+        assert_eq!(
+            read_reply(&mut plain).await,
+            "220 2.0.0 Ready to start TLS\r\n"
+        );
         let name = rustls::pki_types::ServerName::try_from(DOMAIN.clone()).unwrap();
         let tls = connector.connect(name, plain.into_inner()).await.unwrap();
         let mut c = BufReader::new(tls);
         // The first thing said inside TLS is the reply to our own EHLO.
-        c.get_mut().write_all(b"MAIL FROM:<alice@x.example>\r\n").await.unwrap();
+        c.get_mut()
+            .write_all(b"MAIL FROM:<alice@x.example>\r\n")
+            .await
+            .unwrap();
         assert!(read_reply(&mut c).await.starts_with("503 5.5.1"));
         c.get_mut().write_all(b"EHLO c\r\n").await.unwrap();
         let ehlo = read_reply(&mut c).await;
         assert!(ehlo.contains("250-AUTH PLAIN LOGIN\r\n") && !ehlo.contains("STARTTLS"));
-        c.get_mut().write_all(b"AUTH PLAIN AGFsaWNlAHdyb25n\r\n").await.unwrap();
+        c.get_mut()
+            .write_all(b"AUTH PLAIN AGFsaWNlAHdyb25n\r\n")
+            .await
+            .unwrap();
         assert!(read_reply(&mut c).await.starts_with("535 5.7.8"));
-        c.get_mut().write_all(b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n").await.unwrap();
+        c.get_mut()
+            .write_all(b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n")
+            .await
+            .unwrap();
         assert!(read_reply(&mut c).await.starts_with("235 2.7.0"));
         let d = &*DOMAIN;
         c.get_mut()

@@ -132,7 +132,11 @@ impl Dialogue {
                     self.session.authenticated(if ok {
                         Ok("alice".into())
                     } else {
-                        Err(Reply::new(535, [5, 7, 8], "Authentication credentials invalid"))
+                        Err(Reply::new(
+                            535,
+                            [5, 7, 8],
+                            "Authentication credentials invalid",
+                        ))
                     });
                 }
                 Step::Close => {

@@ -36,7 +36,14 @@ impl<P: Policy> Session<P> {
         ];
         if self.submission() {
             // AUTH only inside TLS; STARTTLS only before it.
-            lines.push(if self.tls { "AUTH PLAIN LOGIN" } else { "STARTTLS" }.to_owned());
+            lines.push(
+                if self.tls {
+                    "AUTH PLAIN LOGIN"
+                } else {
+                    "STARTTLS"
+                }
+                .to_owned(),
+            );
         }
         lines.push("ENHANCEDSTATUSCODES".to_owned());
         let last = lines.len() - 1;

@@ -79,7 +79,8 @@ impl<P: Policy> Session<P> {
         };
         if let Err(reply) = self
             .policy
-            .check_sender(sender.as_ref(), self.auth_user.as_deref()) {
+            .check_sender(sender.as_ref(), self.auth_user.as_deref())
+        {
             self.respond(reply);
             return;
         }

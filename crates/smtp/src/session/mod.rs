@@ -322,7 +322,8 @@ impl<P: Policy> Session<P> {
         if self.closed {
             return;
         }
-        let enqueue_pending = matches!(self.pending, Some(Step::Enqueue(_) | Step::Authenticate(_)));
+        let enqueue_pending =
+            matches!(self.pending, Some(Step::Enqueue(_) | Step::Authenticate(_)));
         if self.awaiting_enqueue || self.awaiting_auth || enqueue_pending {
             self.deferred_close = Some(reply);
         } else {

@@ -165,7 +165,9 @@ impl<P: Policy> Session<P> {
         let Some(state) = self.auth_state.take() else {
             return;
         };
-        let text = std::str::from_utf8(line).unwrap_or("").trim_end_matches("\r\n");
+        let text = std::str::from_utf8(line)
+            .unwrap_or("")
+            .trim_end_matches("\r\n");
         if text.trim() == "*" {
             tracing::debug!("AUTH cancelled by the client");
             self.respond(Reply::new(501, [5, 7, 0], "Authentication cancelled"));
@@ -186,8 +188,7 @@ impl<P: Policy> Session<P> {
 
     /// The PLAIN response.
     fn auth_plain(&mut self, text: &str) {
-        let Some((authzid, user, password)) = decode(text).as_deref().and_then(plain_parts)
-        else {
+        let Some((authzid, user, password)) = decode(text).as_deref().and_then(plain_parts) else {
             self.undecodable();
             return;
         };

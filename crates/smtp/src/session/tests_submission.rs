@@ -60,7 +60,14 @@ fn ehlo_lists_in_both_modes() {
     let out = d.send("EHLO c\r\n");
     assert_eq!(
         ehlo_lines(&out),
-        [DOMAIN.as_str(), "PIPELINING", &size, "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES"]
+        [
+            DOMAIN.as_str(),
+            "PIPELINING",
+            &size,
+            "8BITMIME",
+            "SMTPUTF8",
+            "ENHANCEDSTATUSCODES"
+        ]
     );
     // Submission before TLS: STARTTLS, no AUTH.
     let mut d = Dialogue::with(submission_config());
@@ -98,7 +105,10 @@ fn ehlo_lists_in_both_modes() {
 fn onion_side_still_refuses_starttls_and_auth() {
     let mut d = Dialogue::ehlo();
     d.cmd("STARTTLS", "502 5.5.1");
-    d.cmd(&format!("AUTH PLAIN {}", b64("\0alice\0secret")), "502 5.5.1");
+    d.cmd(
+        &format!("AUTH PLAIN {}", b64("\0alice\0secret")),
+        "502 5.5.1",
+    );
     d.cmd("AUTH LOGIN", "502 5.5.1");
     assert_eq!(d.starttls, 0);
     assert!(d.credentials.is_empty());
@@ -120,7 +130,10 @@ fn mail_before_auth_is_refused() {
 #[test]
 fn auth_before_starttls_is_refused() {
     let mut d = plain();
-    let out = d.cmd(&format!("AUTH PLAIN {}", b64("\0alice\0secret")), "530 5.7.0");
+    let out = d.cmd(
+        &format!("AUTH PLAIN {}", b64("\0alice\0secret")),
+        "530 5.7.0",
+    );
     assert!(out.contains("Must issue a STARTTLS command first"), "{out}");
     d.cmd("AUTH LOGIN", "530 5.7.0");
     assert!(d.credentials.is_empty());
@@ -203,7 +216,10 @@ fn auth_plain_with_initial_response_and_with_a_challenge() {
 fn auth_login_both_forms() {
     let mut d = tls();
     assert_eq!(d.send("AUTH LOGIN\r\n"), "334 VXNlcm5hbWU6\r\n");
-    assert_eq!(d.send(format!("{}\r\n", b64("alice"))), "334 UGFzc3dvcmQ6\r\n");
+    assert_eq!(
+        d.send(format!("{}\r\n", b64("alice"))),
+        "334 UGFzc3dvcmQ6\r\n"
+    );
     d.cmd(&b64("secret"), "235 2.7.0");
     assert_eq!(d.session.auth_user(), Some("alice"));
 
@@ -233,7 +249,10 @@ fn star_cancels_the_exchange() {
     assert!(d.credentials.is_empty());
     // The session goes on: commands are commands again.
     d.cmd("NOOP", "250 2.0.0");
-    d.cmd(&format!("AUTH PLAIN {}", b64("\0alice\0secret")), "235 2.7.0");
+    d.cmd(
+        &format!("AUTH PLAIN {}", b64("\0alice\0secret")),
+        "235 2.7.0",
+    );
 }
 
 #[test]
@@ -249,7 +268,10 @@ fn bad_base64_and_malformed_plain() {
     d.cmd("AUTH CRAM-MD5", "504 5.5.4");
     assert!(d.credentials.is_empty());
     // Acting as someone else (authzid) is refused.
-    d.cmd(&format!("AUTH PLAIN {}", b64("bob\0alice\0secret")), "535 5.7.8");
+    d.cmd(
+        &format!("AUTH PLAIN {}", b64("bob\0alice\0secret")),
+        "535 5.7.8",
+    );
     assert!(d.credentials.is_empty());
 }
 
@@ -266,7 +288,10 @@ fn repeated_auth_failures_close_the_session() {
 
     let mut d = tls();
     for pw in ["a", "b"] {
-        d.cmd(&format!("AUTH PLAIN {}", b64(&format!("\0alice\0{pw}"))), "535 5.7.8");
+        d.cmd(
+            &format!("AUTH PLAIN {}", b64(&format!("\0alice\0{pw}"))),
+            "535 5.7.8",
+        );
     }
     let out = d.send(format!("AUTH PLAIN {}\r\n", b64("\0alice\0c")));
     assert_eq!(codes(&out), ["535 5.7.8", "421 4.7.0"]);
@@ -296,7 +321,10 @@ fn authenticated_user_sends_as_themselves_only() {
     let mut d = authed();
     d.cmd(&format!("MAIL FROM:<bob@{}>", *DOMAIN), "553 5.7.1");
     // AUTH= is accepted where AUTH is offered.
-    d.cmd(&format!("MAIL FROM:<alice@{}> AUTH=<>", *DOMAIN), "250 2.1.0");
+    d.cmd(
+        &format!("MAIL FROM:<alice@{}> AUTH=<>", *DOMAIN),
+        "250 2.1.0",
+    );
     d.cmd(&format!("RCPT TO:<bob@{}>", *DOMAIN), "250 2.1.5");
     d.cmd("DATA", "354");
     d.cmd("Subject: x\r\n\r\nhi\r\n.", "250 2.0.0");
@@ -310,16 +338,21 @@ fn authenticated_user_sends_as_themselves_only() {
 #[test]
 fn the_password_never_shows_in_debug_output() {
     let mut d = tls();
-    d.session.receive(format!("AUTH PLAIN {}\r\n", b64("\0alice\0hunter2")).as_bytes());
+    d.session
+        .receive(format!("AUTH PLAIN {}\r\n", b64("\0alice\0hunter2")).as_bytes());
     let step = d.session.step();
     let text = format!("{step:?}");
-    assert!(text.contains("alice") && !text.contains("hunter2"), "{text}");
+    assert!(
+        text.contains("alice") && !text.contains("hunter2"),
+        "{text}"
+    );
 }
 
 #[test]
 fn shutdown_waits_for_the_auth_outcome() {
     let mut d = tls();
-    d.session.receive(format!("AUTH PLAIN {}\r\n", b64("\0alice\0secret")).as_bytes());
+    d.session
+        .receive(format!("AUTH PLAIN {}\r\n", b64("\0alice\0secret")).as_bytes());
     assert!(matches!(d.session.step(), Step::Authenticate(_)));
     d.session.shutting_down();
     d.session.authenticated(Ok("alice".into()));
@@ -377,7 +410,10 @@ fn garbage_never_panics_in_submission_mode() {
             let out = s.take_output();
             for line in String::from_utf8(out).unwrap().split_terminator("\r\n") {
                 let b = line.as_bytes();
-                assert!(b.len() >= 4 && b[..3].iter().all(u8::is_ascii_digit), "{line:?}");
+                assert!(
+                    b.len() >= 4 && b[..3].iter().all(u8::is_ascii_digit),
+                    "{line:?}"
+                );
             }
             if closed {
                 break;
@@ -393,7 +429,10 @@ fn malformed_onion_recipients_name_the_onion_rule() {
     let mut bad = DOMAIN.clone();
     bad.replace_range(3..4, if &bad[3..4] == "a" { "b" } else { "a" });
     let out = d.cmd(&format!("RCPT TO:<x@{bad}>"), "553 5.1.3");
-    assert!(out.contains("smtorp delivers only to onion addresses"), "{out}");
+    assert!(
+        out.contains("smtorp delivers only to onion addresses"),
+        "{out}"
+    );
     let out = d.cmd("RCPT TO:<x@bad_domain.example>", "553 5.1.3");
     assert!(out.contains("only to onion addresses"), "{out}");
 }
