@@ -94,6 +94,20 @@ pub struct TorNet {
     detached: bool,
 }
 
+/// Waits for every thread of a fan-out; a thread that panicked counts as an error.
+fn join_all<T>(
+    handles: Vec<std::thread::ScopedJoinHandle<'_, Result<T, TornetError>>>,
+    what: &str,
+) -> Vec<Result<T, TornetError>> {
+    handles
+        .into_iter()
+        .map(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(TornetError::io(what, std::io::Error::other("panicked"))))
+        })
+        .collect()
+}
+
 /// Creates a directory (and its parents) and sets it to mode 0700, as tor requires of a
 /// DataDirectory.
 pub(crate) fn create_private_dir(path: &Path) -> Result<(), TornetError> {
@@ -259,17 +273,7 @@ fn setup(dir: &Path, t0: Instant) -> Result<(Layout, Vec<TorProcess>, Duration),
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    Err(TornetError::io(
-                        "key generation thread",
-                        std::io::Error::other("panicked"),
-                    ))
-                })
-            })
-            .collect()
+        join_all(handles, "key generation thread")
     });
     let nodes: Vec<Node> = nodes.into_iter().collect::<Result<_, _>>()?;
     let (authorities, relays): (Vec<Node>, Vec<Node>) =
@@ -319,17 +323,7 @@ fn setup(dir: &Path, t0: Instant) -> Result<(Layout, Vec<TorProcess>, Duration),
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    Err(TornetError::io(
-                        "tor start thread",
-                        std::io::Error::other("panicked"),
-                    ))
-                })
-            })
-            .collect()
+        join_all(handles, "tor start thread")
     });
     let mut procs = Vec::new();
     let mut first_err = None;
