@@ -4,8 +4,11 @@ use crate::QueueId;
 
 /// Tree: id (8 bytes big-endian) -> serde_json of the envelope.
 pub(crate) const ENVELOPES: &str = "envelopes";
-/// Tree: id (8 bytes big-endian) -> raw message body.
+/// Tree of older versions: id (8 bytes big-endian) -> raw message body. Bodies now live in
+/// spool files; [`crate::Queue::open`] moves any left here into them.
 pub(crate) const BODIES: &str = "bodies";
+/// The folder (inside the queue folder) of the spool files, one per message, named by id.
+pub(crate) const SPOOL_DIR: &str = "spool";
 /// Tree: due secs (8 bytes BE) || id (8 bytes BE) -> empty value.
 pub(crate) const DUE: &str = "due";
 /// Tree: intake tokens (e.g. a maildrop file name) -> id: an entry point that must not

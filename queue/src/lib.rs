@@ -4,9 +4,13 @@
 //! see the doc comment of each item. Implementation notes are in README.md.
 #![doc = include_str!("../README.md")]
 
+mod bounded;
 mod flusher;
 mod keys;
 mod recovery;
+mod spool;
+
+pub use spool::{Body, Spool};
 
 use std::fmt;
 use std::path::Path;
@@ -19,9 +23,25 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use crate::flusher::Flusher;
 use crate::keys::{due_key, id_key, parse_due_key};
 
-/// A queue id: unique for the life of a queue, shown as 16 upper-case hex digits.
+/// A queue id: unique among the queued messages, shown as 16 upper-case hex digits.
+///
+/// Ids are random (64 bits from the operating system's generator), never sequential: they
+/// appear in our Received header, and sequential ids would tell every recipient how much
+/// mail the server handled between two messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct QueueId(pub u64);
+
+impl QueueId {
+    /// A fresh random id (never 0).
+    pub fn random() -> QueueId {
+        loop {
+            let id = rand::random::<u64>();
+            if id != 0 {
+                return QueueId(id);
+            }
+        }
+    }
+}
 
 impl fmt::Display for QueueId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -120,12 +140,19 @@ pub enum QueueError {
     /// The flusher thread is gone (the queue is shutting down).
     #[error("queue is closed")]
     Closed,
+    /// A spool file could not be written or read (I/O error, disk full).
+    #[error("queue spool: {0}")]
+    Spool(#[from] std::io::Error),
+    /// The store did not answer in time (a full disk, a hung device): the call was given up
+    /// and the store is treated as unavailable until the stuck call returns.
+    #[error("queue store unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// A message to add to the queue.
 #[derive(Debug, Clone)]
 pub struct NewMessage<'a> {
-    /// The id, from [`Queue::next_id`] (so a Received header can name it before insertion).
+    /// The id, from [`Queue::next_id`].
     pub id: QueueId,
     /// The envelope sender, empty for `<>`.
     pub sender: &'a str,
@@ -139,13 +166,29 @@ pub struct NewMessage<'a> {
     pub body: &'a [u8],
 }
 
+/// The envelope of a message whose content is in a [`Spool`] (see [`Queue::commit`]).
+#[derive(Debug, Clone)]
+pub struct NewEnvelope<'a> {
+    /// The envelope sender, empty for `<>`.
+    pub sender: &'a str,
+    /// The recipients (all start as pending).
+    pub recipients: &'a [String],
+    /// Where it came from.
+    pub origin: Origin,
+    /// Arrival time, Unix seconds.
+    pub arrival: u64,
+}
+
 /// What crash recovery repaired when the queue was opened (see [`Queue::recovery`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
-    /// Envelopes removed because their body was missing.
+    /// Envelopes removed because their content (spool file) was missing.
     pub envelopes_without_body: u64,
-    /// Bodies removed because their envelope was missing.
+    /// Spool files removed because no envelope names them (a session that never committed,
+    /// or a message whose removal was not recorded).
     pub bodies_without_envelope: u64,
+    /// Message bodies moved from the `bodies` tree of an older queue into spool files.
+    pub bodies_migrated: u64,
     /// Messages with no pending recipient left, removed (envelope and body).
     pub finished_removed: u64,
     /// Pending messages whose due time was moved to "now" (it was later, or missing).
@@ -165,6 +208,7 @@ impl RecoveryReport {
     pub fn is_clean(&self) -> bool {
         self.envelopes_without_body == 0
             && self.bodies_without_envelope == 0
+            && self.bodies_migrated == 0
             && self.finished_removed == 0
             && self.stale_due_keys == self.made_due
             && self.due_keys_added == self.made_due
@@ -176,11 +220,12 @@ impl RecoveryReport {
 pub struct Queue {
     db: sled::Db,
     envelopes: sled::Tree,
-    bodies: sled::Tree,
     due: sled::Tree,
     tokens: sled::Tree,
+    spool: spool::SpoolDir,
     recovery: RecoveryReport,
     flusher: Flusher,
+    health: bounded::Health,
 }
 
 impl fmt::Debug for Queue {
@@ -249,8 +294,10 @@ fn open_store(dir: &Path) -> Result<sled::Db, sled::Error> {
 const BACKGROUND_FLUSH_MS: u64 = 2_000;
 
 impl Queue {
-    /// Opens (or creates) the queue in `dir`, runs crash recovery and starts the group-commit
-    /// flusher. Fails if another process holds the store (sled's lock).
+    /// Opens (or creates) the queue in `dir`: the sled store in `dir`, message content in
+    /// `dir/spool/`. Moves the bodies of an older queue out of sled, runs crash recovery and
+    /// starts the group-commit flusher. Fails if another process holds the store (sled's
+    /// lock).
     pub fn open(dir: &Path) -> Result<Queue, QueueError> {
         use std::os::unix::fs::DirBuilderExt;
         // The queue holds other people's mail: private folder (only when we create it).
@@ -279,21 +326,25 @@ impl Queue {
             }
             other => QueueError::Store(other),
         })?;
+        let spool = spool::SpoolDir::open(&dir.join(keys::SPOOL_DIR))?;
         let envelopes = db.open_tree(keys::ENVELOPES)?;
         let bodies = db.open_tree(keys::BODIES)?;
         let due = db.open_tree(keys::DUE)?;
         let quarantine = db.open_tree(keys::QUARANTINE)?;
         let tokens = db.open_tree(keys::TOKENS)?;
 
-        let report = recovery::recover(
+        let migrated = recovery::migrate_bodies(&bodies, &spool)?;
+        db.flush()?;
+        let mut report = recovery::recover(
             &recovery::Trees {
                 envelopes: &envelopes,
-                bodies: &bodies,
                 due: &due,
                 quarantine: &quarantine,
+                spool: &spool,
             },
             now_secs(),
         )?;
+        report.bodies_migrated = migrated;
         db.flush()?;
         if report.is_clean() {
             tracing::debug!(?report, messages = envelopes.len(), "queue opened");
@@ -305,15 +356,16 @@ impl Queue {
             );
         }
 
-        let flusher = Flusher::start(db.clone())?;
+        let flusher = Flusher::start(db.clone(), spool.clone())?;
         Ok(Queue {
             db,
             envelopes,
-            bodies,
             due,
             tokens,
+            spool,
             recovery: report,
             flusher,
+            health: bounded::Health::default(),
         })
     }
 
@@ -328,13 +380,97 @@ impl Queue {
         self.flusher.count()
     }
 
-    /// A fresh queue id (persistently unique).
-    pub fn next_id(&self) -> Result<QueueId, QueueError> {
-        Ok(QueueId(self.db.generate_id()?.saturating_add(1)))
+    /// The folder of the spool files (one per queued or incoming message).
+    pub fn spool_dir(&self) -> &Path {
+        self.spool.path()
     }
 
-    /// Atomically writes envelope, body and due entry (due now). Not yet durable: call
-    /// [`Queue::sync`] before acknowledging.
+    /// A fresh random queue id that no queued message has (for [`Queue::insert`]).
+    pub fn next_id(&self) -> Result<QueueId, QueueError> {
+        loop {
+            let id = QueueId::random();
+            if !self.envelopes.contains_key(id_key(id))? && !self.spool.exists(id) {
+                return Ok(id);
+            }
+        }
+    }
+
+    /// Starts receiving a message: a new spool file under a fresh random id. Write the
+    /// content into it, then [`Queue::commit`] it; a spool that is dropped without a commit
+    /// removes its file. Blocking (file system).
+    pub fn create_spool(&self) -> Result<Spool, QueueError> {
+        loop {
+            let id = QueueId::random();
+            if self.envelopes.contains_key(id_key(id))? {
+                continue;
+            }
+            if let Some(spool) = self.spool.create(id)? {
+                return Ok(spool);
+            }
+        }
+    }
+
+    /// Queues the message whose content is in `spool`: makes the content durable
+    /// (fdatasync), then writes the envelope and its due entry (due now), and `token` if
+    /// given, in one transaction. Not yet durable: call [`Queue::sync`] before
+    /// acknowledging. With a `token` that was recorded before, nothing is queued and `None`
+    /// is returned (the spool file is removed). Blocking (fsync).
+    pub fn commit(
+        &self,
+        mut spool: Spool,
+        msg: &NewEnvelope<'_>,
+        token: Option<&str>,
+    ) -> Result<Option<Envelope>, QueueError> {
+        spool.sync()?;
+        let env = Envelope {
+            id: spool.id(),
+            sender: msg.sender.to_owned(),
+            recipients: msg
+                .recipients
+                .iter()
+                .map(|address| Recipient {
+                    address: address.clone(),
+                    state: RecipientState::Pending,
+                    attempts: 0,
+                    last_error: None,
+                })
+                .collect(),
+            arrival: msg.arrival,
+            origin: msg.origin,
+            size: spool.len(),
+            next_due: Some(msg.arrival),
+        };
+        let bytes = encode(&env)?;
+        let key = id_key(env.id);
+        let dkey = due_key(msg.arrival, env.id);
+        let token = token.map(str::as_bytes);
+        let written = (&self.envelopes, &self.due, &self.tokens)
+            .transaction(|(e, d, t)| {
+                if let Some(token) = token {
+                    if t.get(token)?.is_some() {
+                        return Ok(false);
+                    }
+                    t.insert(token, &key[..])?;
+                }
+                if e.get(key)?.is_some() {
+                    return Err(ConflictableTransactionError::Abort(QueueError::Corrupt(
+                        format!("queue id {} is already in use", env.id),
+                    )));
+                }
+                e.insert(&key[..], bytes.as_slice())?;
+                d.insert(&dkey[..], &[][..])?;
+                Ok(true)
+            })
+            .map_err(tx_err)?;
+        if written {
+            spool.keep();
+        }
+        Ok(written.then_some(env))
+    }
+
+    /// Writes a whole message at once: a spool file named `msg.id` with `msg.body`, then
+    /// [`Queue::commit`]. For small messages (bounces, tests); streams use
+    /// [`Queue::create_spool`]. Not yet durable: call [`Queue::sync`] before acknowledging.
     pub fn insert(&self, msg: &NewMessage<'_>) -> Result<Envelope, QueueError> {
         self.insert_inner(msg, None)?
             .ok_or_else(|| QueueError::Corrupt("insert without a token was refused".into()))
@@ -349,7 +485,32 @@ impl Queue {
         msg: &NewMessage<'_>,
         token: &str,
     ) -> Result<Option<Envelope>, QueueError> {
-        self.insert_inner(msg, Some(token.as_bytes()))
+        self.insert_inner(msg, Some(token))
+    }
+
+    fn insert_inner(
+        &self,
+        msg: &NewMessage<'_>,
+        token: Option<&str>,
+    ) -> Result<Option<Envelope>, QueueError> {
+        if self.envelopes.contains_key(id_key(msg.id))? {
+            return Err(QueueError::Corrupt(format!(
+                "queue id {} is already in use",
+                msg.id
+            )));
+        }
+        let mut spool = self
+            .spool
+            .create(msg.id)?
+            .ok_or_else(|| QueueError::Corrupt(format!("queue id {} is already in use", msg.id)))?;
+        spool.write_all(msg.body)?;
+        let envelope = NewEnvelope {
+            sender: msg.sender,
+            recipients: msg.recipients,
+            origin: msg.origin,
+            arrival: msg.arrival,
+        };
+        self.commit(spool, &envelope, token)
     }
 
     /// True if `token` is recorded.
@@ -376,59 +537,24 @@ impl Queue {
             .collect()
     }
 
-    fn insert_inner(
-        &self,
-        msg: &NewMessage<'_>,
-        token: Option<&[u8]>,
-    ) -> Result<Option<Envelope>, QueueError> {
-        let env = Envelope {
-            id: msg.id,
-            sender: msg.sender.to_owned(),
-            recipients: msg
-                .recipients
-                .iter()
-                .map(|address| Recipient {
-                    address: address.clone(),
-                    state: RecipientState::Pending,
-                    attempts: 0,
-                    last_error: None,
-                })
-                .collect(),
-            arrival: msg.arrival,
-            origin: msg.origin,
-            size: msg.body.len() as u64,
-            next_due: Some(msg.arrival),
-        };
-        let bytes = encode(&env)?;
-        let key = id_key(env.id);
-        let dkey = due_key(msg.arrival, env.id);
-        let written = (&self.envelopes, &self.bodies, &self.due, &self.tokens)
-            .transaction(|(e, b, d, t)| {
-                if let Some(token) = token {
-                    if t.get(token)?.is_some() {
-                        return Ok(false);
-                    }
-                    t.insert(token, &key[..])?;
-                }
-                if e.get(key)?.is_some() {
-                    return Err(ConflictableTransactionError::Abort(QueueError::Corrupt(
-                        format!("queue id {} is already in use", msg.id),
-                    )));
-                }
-                e.insert(&key[..], bytes.as_slice())?;
-                b.insert(&key[..], msg.body)?;
-                d.insert(&dkey[..], &[][..])?;
-                Ok(true)
-            })
-            .map_err(tx_err)?;
-        Ok(written.then_some(env))
-    }
-
-    /// Group commit: returns once everything written before the call is on stable storage.
-    /// Concurrent callers share one flush.
+    /// Group commit: returns once everything written before the call is on stable storage
+    /// (new spool files' folder entries and the sled store). Concurrent callers share one
+    /// flush. A flush that does not finish within the store time limit ([`STORE_TIMEOUT`]
+    /// unless set otherwise) is reported as [`QueueError::Unavailable`].
     pub async fn sync(&self) -> Result<(), QueueError> {
+        self.health.check()?;
         let rx = self.flusher.request()?;
-        flusher::answer(rx.await)
+        let limit = self.health.limit();
+        match tokio::time::timeout(limit, rx).await {
+            Ok(answer) => flusher::answer(answer),
+            Err(_) => {
+                tracing::error!(
+                    "the queue flush did not finish in {} s",
+                    limit.as_secs_f64()
+                );
+                Err(QueueError::Unavailable("the queue flush is stuck".into()))
+            }
+        }
     }
 
     /// [`Queue::sync`] for synchronous callers (CLI commands). Must not be called from
@@ -481,14 +607,35 @@ impl Queue {
         }
     }
 
-    /// The body of `id`, if queued.
+    /// The content of `id` as a reader over its spool file, if queued. Blocking.
+    pub fn open_body(&self, id: QueueId) -> Result<Option<Body>, QueueError> {
+        if !self.envelopes.contains_key(id_key(id))? {
+            return Ok(None);
+        }
+        Ok(self.spool.open_body(id)?)
+    }
+
+    /// The whole content of `id` in memory, if queued (for small messages and tests; use
+    /// [`Queue::open_body`] to stream). Blocking.
     pub fn body(&self, id: QueueId) -> Result<Option<Vec<u8>>, QueueError> {
-        Ok(self.bodies.get(id_key(id))?.map(|b| b.to_vec()))
+        match self.open_body(id)? {
+            Some(body) => Ok(Some(body.read_all()?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The first `limit` bytes of the content of `id` (its header, for `queue show` and
+    /// bounces), if queued. Blocking.
+    pub fn body_prefix(&self, id: QueueId, limit: usize) -> Result<Option<Vec<u8>>, QueueError> {
+        match self.open_body(id)? {
+            Some(body) => Ok(Some(body.read_prefix(limit)?)),
+            None => Ok(None),
+        }
     }
 
     /// Atomically stores a changed envelope and moves its due entry to `env.next_due`.
-    /// When no recipient is pending, removes the message (envelope, body, due entry) instead.
-    /// Not durable until the next [`Queue::sync`].
+    /// When no recipient is pending, removes the message (envelope, due entry, then its
+    /// spool file) instead. Not durable until the next [`Queue::sync`].
     ///
     /// A message that is no longer queued (removed meanwhile) is left alone: `Ok(())`.
     /// A pending envelope with `next_due == None` is stored as due now.
@@ -503,10 +650,10 @@ impl Queue {
         };
         let bytes = encode(&stored)?;
         let new_due = stored.next_due.map(|t| due_key(t, env.id));
-        (&self.envelopes, &self.bodies, &self.due)
-            .transaction(|(e, b, d)| {
+        let removed = (&self.envelopes, &self.due)
+            .transaction(|(e, d)| {
                 let Some(old) = e.get(key)? else {
-                    return Ok(());
+                    return Ok(false);
                 };
                 let old = decode(env.id, &old).map_err(ConflictableTransactionError::Abort)?;
                 if let Some(t) = old.next_due {
@@ -516,15 +663,21 @@ impl Queue {
                     Some(dkey) => {
                         e.insert(&key[..], bytes.as_slice())?;
                         d.insert(&dkey[..], &[][..])?;
+                        Ok(false)
                     }
                     None => {
                         e.remove(&key[..])?;
-                        b.remove(&key[..])?;
+                        Ok(true)
                     }
                 }
-                Ok(())
             })
-            .map_err(tx_err)
+            .map_err(tx_err)?;
+        if removed {
+            // Every recipient is done (delivered, or failed and bounced): the content is not
+            // needed whether or not this removal survives a crash.
+            self.spool.remove(env.id)?;
+        }
+        Ok(())
     }
 
     /// Removes a message entirely; false if it was not there.
@@ -532,9 +685,8 @@ impl Queue {
         let key = id_key(id);
         // Ok(None): not there; Ok(Some(None)): removed, but the stored envelope could not be
         // decoded, so its due key is unknown.
-        let removed = (&self.envelopes, &self.bodies, &self.due)
-            .transaction(|(e, b, d)| {
-                b.remove(&key[..])?;
+        let removed = (&self.envelopes, &self.due)
+            .transaction(|(e, d)| {
                 let Some(old) = e.remove(&key[..])? else {
                     return Ok(None);
                 };
@@ -551,13 +703,15 @@ impl Queue {
             .map_err(tx_err)?;
         match removed {
             None => Ok(false),
-            Some(Some(())) => Ok(true),
-            Some(None) => {
-                // Rare: find the due key(s) of this id by a scan.
-                for k in self.due.iter().keys() {
-                    let k = k?;
-                    if parse_due_key(&k).is_some_and(|(_, kid)| kid == id) {
-                        self.due.remove(&k)?;
+            Some(found) => {
+                self.spool.remove(id)?;
+                if found.is_none() {
+                    // Rare: find the due key(s) of this id by a scan.
+                    for k in self.due.iter().keys() {
+                        let k = k?;
+                        if parse_due_key(&k).is_some_and(|(_, kid)| kid == id) {
+                            self.due.remove(&k)?;
+                        }
                     }
                 }
                 Ok(true)
@@ -565,7 +719,7 @@ impl Queue {
         }
     }
 
-    /// Every envelope, oldest id first (for `smtorp queue list`).
+    /// Every envelope, in id order (for `smtorp queue list`).
     pub fn list(&self) -> Result<Vec<Envelope>, QueueError> {
         let mut out = Vec::new();
         for item in self.envelopes.iter() {
@@ -586,7 +740,18 @@ impl Queue {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Bytes the queue takes on disk: the sled store's files and the spool files.
+    pub fn disk_usage(&self) -> u64 {
+        let store = self.db.size_on_disk().unwrap_or(0);
+        store + self.spool.usage()
+    }
 }
+
+/// How long one store call (or one group-commit flush) may take by default before it is
+/// reported as [`QueueError::Unavailable`] (see [`Queue::call`],
+/// [`Queue::set_store_timeout`]).
+pub const STORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 #[cfg(test)]
 mod tests {
@@ -621,7 +786,7 @@ mod tests {
         // Removing it is still possible, and also drops its due key.
         assert!(q.remove(env.id).unwrap());
         assert!(q.due.is_empty());
-        assert!(q.bodies.is_empty());
+        assert!(!q.spool.exists(env.id));
         // A malformed due key is skipped, not fatal.
         q.due.insert(b"bad", &[][..]).unwrap();
         let other = queued(&q, 9);

@@ -1,19 +1,44 @@
-//! Crash recovery at open: makes the three trees consistent again and makes every pending
-//! message due now ("anything in flight becomes due again").
+//! Crash recovery at open: makes the trees and the spool files consistent again and makes
+//! every pending message due now ("anything in flight becomes due again"); before that,
+//! moves the bodies an older version kept in sled into spool files.
 
 use std::collections::HashSet;
 
 use sled::Tree;
 
-use crate::keys::{due_key, parse_due_key, parse_id_key};
+use crate::keys::{due_key, id_key, parse_due_key, parse_id_key};
+use crate::spool::SpoolDir;
 use crate::{Envelope, QueueError, RecoveryReport};
 
-/// The trees recovery works on.
+/// What recovery works on.
 pub(crate) struct Trees<'a> {
     pub(crate) envelopes: &'a Tree,
-    pub(crate) bodies: &'a Tree,
     pub(crate) due: &'a Tree,
     pub(crate) quarantine: &'a Tree,
+    pub(crate) spool: &'a SpoolDir,
+}
+
+/// Moves every body of the `bodies` tree (older versions kept message content in sled)
+/// into its spool file, durably, then removes it from the tree. Idempotent: a crash in
+/// the middle writes the same file again at the next open. Returns how many moved.
+pub(crate) fn migrate_bodies(bodies: &Tree, spool: &SpoolDir) -> Result<u64, QueueError> {
+    let mut moved = 0;
+    for item in bodies.iter() {
+        let (key, body) = item?;
+        if let Some(id) = parse_id_key(&key) {
+            spool.write_durably(id, &body)?;
+        }
+        bodies.remove(&key)?;
+        moved += 1;
+    }
+    if moved > 0 {
+        bodies.flush()?;
+        tracing::info!(
+            moved,
+            "moved message bodies from the store into spool files"
+        );
+    }
+    Ok(moved)
 }
 
 /// What to do with one envelope record.
@@ -46,9 +71,10 @@ pub(crate) fn recover(t: &Trees<'_>, now: u64) -> Result<RecoveryReport, QueueEr
                 .ok()
                 .filter(|env| env.id == id)
         });
+        let has_body = parse_id_key(&key).is_some_and(|id| t.spool.exists(id));
         let fix = match decoded {
             None => Fix::Quarantine,
-            Some(_) if !t.bodies.contains_key(&key)? => Fix::NoBody,
+            Some(_) if !has_body => Fix::NoBody,
             Some(env) if !env.has_pending() => Fix::Finished,
             Some(mut env) => {
                 let due = env.next_due.map_or(now, |d| d.min(now));
@@ -70,11 +96,14 @@ pub(crate) fn recover(t: &Trees<'_>, now: u64) -> Result<RecoveryReport, QueueEr
                 let mut qkey = b"e".to_vec();
                 qkey.extend_from_slice(&key);
                 t.quarantine.insert(qkey, value)?;
-                if let Some(body) = t.bodies.get(&key)? {
-                    let mut bkey = b"b".to_vec();
-                    bkey.extend_from_slice(&key);
-                    t.quarantine.insert(bkey, body)?;
-                    t.bodies.remove(&key)?;
+                if let Some(id) = parse_id_key(&key) {
+                    if let Some(body) = t.spool.open_body(id)? {
+                        let mut bkey = b"b".to_vec();
+                        bkey.extend_from_slice(&key);
+                        t.quarantine.insert(bkey, body.read_all()?)?;
+                        t.quarantine.flush()?;
+                        t.spool.remove(id)?;
+                    }
                 }
                 t.envelopes.remove(&key)?;
                 tracing::error!(key = ?&key[..], "queue recovery: undecodable envelope moved to the quarantine tree");
@@ -86,7 +115,9 @@ pub(crate) fn recover(t: &Trees<'_>, now: u64) -> Result<RecoveryReport, QueueEr
             }
             Fix::Finished => {
                 t.envelopes.remove(&key)?;
-                t.bodies.remove(&key)?;
+                if let Some(id) = parse_id_key(&key) {
+                    t.spool.remove(id)?;
+                }
                 report.finished_removed += 1;
             }
             Fix::MakeDue(env) => {
@@ -99,11 +130,15 @@ pub(crate) fn recover(t: &Trees<'_>, now: u64) -> Result<RecoveryReport, QueueEr
         }
     }
 
-    // 2. Bodies without an envelope.
-    for key in t.bodies.iter().keys() {
-        let key = key?;
-        if !t.envelopes.contains_key(&key)? {
-            t.bodies.remove(&key)?;
+    // 2. Spool files without an envelope: sessions that never committed, removals not
+    //    recorded. Nothing else belongs in the folder.
+    for (name, id) in t.spool.entries()? {
+        let queued = match id {
+            Some(id) => t.envelopes.contains_key(id_key(id))?,
+            None => false,
+        };
+        if !queued {
+            t.spool.remove_name(&name)?;
             report.bodies_without_envelope += 1;
         }
     }

@@ -33,12 +33,12 @@ fn envelope(id: u64, states: &[RecipientState], next_due: Option<u64>) -> Envelo
     }
 }
 
-/// Writes raw records with sled (the queue must not be open).
+/// Writes raw records with sled and raw spool files (the queue must not be open).
 struct Raw {
     db: sled::Db,
     envelopes: sled::Tree,
-    bodies: sled::Tree,
     due: sled::Tree,
+    spool: std::path::PathBuf,
 }
 
 impl Raw {
@@ -46,8 +46,8 @@ impl Raw {
         let db = sled::open(dir).unwrap();
         Raw {
             envelopes: db.open_tree("envelopes").unwrap(),
-            bodies: db.open_tree("bodies").unwrap(),
             due: db.open_tree("due").unwrap(),
+            spool: dir.join("spool"),
             db,
         }
     }
@@ -57,7 +57,7 @@ impl Raw {
             .unwrap();
     }
     fn body(&self, id: u64, body: &[u8]) {
-        self.bodies.insert(id.to_be_bytes(), body).unwrap();
+        std::fs::write(self.spool.join(format!("{id:016X}")), body).unwrap();
     }
     fn due(&self, t: u64, id: u64) {
         self.due.insert(due_key(t, id), &[][..]).unwrap();
@@ -114,6 +114,8 @@ fn repairs_inconsistent_store() {
     raw.due(1_200, 8);
     // 9: malformed due key.
     raw.due.insert(b"garbage", &[][..]).unwrap();
+    // 10: a file in the spool folder that is no spool file.
+    std::fs::write(raw.spool.join("stray"), b"?").unwrap();
     raw.close();
 
     let before = now();
@@ -124,7 +126,8 @@ fn repairs_inconsistent_store() {
         r,
         RecoveryReport {
             envelopes_without_body: 1,
-            bodies_without_envelope: 1,
+            bodies_without_envelope: 2, // 3 and the stray file
+            bodies_migrated: 0,
             finished_removed: 1,
             made_due: 1,       // #6 (next_due None); #5 was already in the past
             stale_due_keys: 6, // 2, 3, 4, 7, 8@1200, garbage
@@ -255,4 +258,37 @@ fn now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
+}
+
+#[test]
+fn bodies_of_an_older_queue_move_to_spool_files() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Queue::open(dir.path()).unwrap());
+    {
+        // The layout of earlier versions: bodies in the `bodies` tree.
+        let raw = Raw::open(dir.path());
+        let bodies = raw.db.open_tree("bodies").unwrap();
+        raw.envelope(&envelope(41, &[Pending], Some(500)));
+        raw.due(500, 41);
+        bodies
+            .insert(41u64.to_be_bytes(), &b"old body"[..])
+            .unwrap();
+        bodies.insert(42u64.to_be_bytes(), &b"orphan"[..]).unwrap();
+        raw.close();
+    }
+    let q = Queue::open(dir.path()).unwrap();
+    let r = *q.recovery();
+    assert_eq!(r.bodies_migrated, 2);
+    assert_eq!(r.bodies_without_envelope, 1, "42 had no envelope");
+    assert_eq!(q.body(QueueId(41)).unwrap().unwrap(), b"old body");
+    assert!(dir
+        .path()
+        .join("spool")
+        .join(format!("{:016X}", 41))
+        .is_file());
+    drop(q);
+    // Nothing is left in the tree: the next open has nothing to move.
+    let q = Queue::open(dir.path()).unwrap();
+    assert_eq!(q.recovery().bodies_migrated, 0);
+    assert!(q.recovery().is_clean(), "{:?}", q.recovery());
 }
