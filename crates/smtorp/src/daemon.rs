@@ -7,36 +7,25 @@ use std::time::Duration;
 use anyhow::Context;
 use smtorp_delivery::{RemoteDelivery, Scheduler, SchedulerConfig};
 use smtorp_queue::{Origin, Queue};
-use smtorp_smtp::SessionConfig;
+use smtorp_smtp::SessionKind;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{watch, OnceCell};
 use tracing::{error, info, warn};
 
+use crate::admin::control;
 use crate::admin::Admin;
-use crate::bounce::DsnBouncer;
+use crate::config::layout;
 use crate::config::Settings;
-use crate::connector::OutboundConnector;
-use crate::directory::{Directory, OnionSidePolicy};
+use crate::intake::bounce::DsnBouncer;
 use crate::intake::{Intake, SmtpHandler};
-use crate::listener::{serve_tcp, SessionFactory};
-use crate::{control, layout, maildrop, onion};
+use crate::listen::{serve_tcp, SessionFactory};
+use crate::local::maildrop;
+use crate::onion;
+use crate::onion::connector::OutboundConnector;
+use crate::policy::{Directory, OnionSidePolicy};
 
 /// How long a peer may take to answer one SMTP command (RFC 5321 4.5.3.2 suggests 5 min).
 const REMOTE_COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// The SMTP session limits of the onion side, from the configuration.
-pub fn session_config(settings: &Settings, hostname: &str) -> SessionConfig {
-    let smtp = &settings.config.smtp;
-    SessionConfig {
-        hostname: hostname.to_owned(),
-        max_message_size: smtp.max_message_size,
-        max_recipients: smtp.max_recipients,
-        max_errors: smtp.max_errors,
-        command_timeout: settings.command_timeout,
-        data_timeout: settings.data_timeout,
-        ..SessionConfig::default()
-    }
-}
 
 /// Opens the queue, naming the likely cause when another process holds it.
 pub fn open_queue(settings: &Settings) -> anyhow::Result<Queue> {
@@ -125,7 +114,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         });
     }
     let factory = Arc::new(SessionFactory {
-        config: session_config(&settings, directory.primary_domain()),
+        config: crate::listen::session_config(
+            &settings,
+            directory.primary_domain(),
+            SessionKind::OnionSide,
+        ),
         policy: OnionSidePolicy(directory.clone()),
         handler: Arc::new(SmtpHandler {
             intake: intake.clone(),
@@ -141,7 +134,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         tasks.spawn(serve_tcp(listener, factory.clone(), stop_rx.clone()));
     }
     // The submission port (STARTTLS + AUTH), bound before "ready" too.
-    crate::submission::spawn(&settings, &directory, &intake, &mut tasks, &stop_rx).await?;
+    crate::listen::submission::spawn(&settings, &directory, &intake, &mut tasks, &stop_rx).await?;
     if onion_enabled {
         tasks.spawn(onion::serve(
             settings.clone(),

@@ -1,25 +1,22 @@
-//! The smtorp mail server as a library: configuration, the intake into the queue, the
-//! onion-side policy, listeners, the maildrop, `sendmail` and the daemon's wiring. The
-//! `smtorp` binary (main.rs) is a thin CLI over these modules.
+//! The smtorp mail server as a library: the `smtorp` binary (main.rs) is a thin CLI over
+//! [`cli`]. The folders say what the server is made of:
+//!
+//! - [`config`]: the configuration file and the data directory's layout;
+//! - [`policy`]: who is local, the one recipient classifier, who may send what, where;
+//! - [`intake`]: the one way into the queue (Received, privacy hygiene, bounces);
+//! - [`listen`]: the SMTP listeners (TCP, submission with TLS and passwords) and their
+//!   shared accept loop;
+//! - [`onion`]: the onion service, our onion address and outbound connections;
+//! - [`local`]: local submission (the maildrop);
+//! - [`admin`]: the control socket and the queue and status commands;
+//! - [`daemon`]: `smtorp run`, which wires all of it together.
 
 pub mod admin;
-pub mod bounce;
+pub mod cli;
 pub mod config;
-pub mod connector;
-pub mod control;
 pub mod daemon;
-pub mod demo;
-pub mod directory;
-pub mod headers;
 pub mod intake;
-pub mod layout;
-pub mod listener;
-pub mod maildrop;
+pub mod listen;
+pub mod local;
 pub mod onion;
-pub mod output;
-pub mod passwd;
-pub mod privacy;
-pub mod queue_cmd;
-pub mod sendmail;
-pub mod submission;
-pub mod tls;
+pub mod policy;

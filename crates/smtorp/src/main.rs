@@ -3,9 +3,11 @@
 //! work. Invoked as `sendmail` (a symlink) it behaves as `smtorp sendmail`; as `mailq`, as
 //! `smtorp queue list`.
 
-use smtorp::admin::Request;
-use smtorp::say;
-use smtorp::{config, daemon, demo, directory, layout, onion, queue_cmd, sendmail};
+use smtorp::admin::{queue_cmd, Request};
+use smtorp::cli::sendmail;
+use smtorp::config::{self, layout};
+use smtorp::listen::{passwd, tls};
+use smtorp::{daemon, onion, policy, say};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -61,6 +63,7 @@ enum Command {
     },
     /// Bring up a private Tor network, start two smtorp servers on it, send a message from
     /// one to the other and a reply, and show each step (needs Debian's `tor` installed).
+    #[cfg(feature = "demo")]
     Demo {
         /// Keep the network's and servers' folders and logs here instead of a temporary
         /// folder.
@@ -132,7 +135,7 @@ fn sendmail_main(config_path: Option<PathBuf>, args: &[String]) -> ExitCode {
         }
     };
     let onion = layout::onion_address(&settings);
-    let directory = directory::Directory::new(settings.clone(), onion.as_deref());
+    let directory = policy::Directory::new(settings.clone(), onion.as_deref());
     let stdin = std::io::stdin().lock();
     match sendmail::run(
         args,
@@ -173,11 +176,11 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                     settings.arti_state_dir().join("keystore").display()
                 );
             }
-            smtorp::tls::init(&settings)
+            tls::init(&settings)
         }
         Command::Passwd { delete, user } => {
             let settings = load(cli.config.as_deref())?;
-            smtorp::passwd::command(&settings, &user, delete)
+            passwd::command(&settings, &user, delete)
         }
         Command::ImportKey { path } => {
             let settings = load(cli.config.as_deref())?;
@@ -218,16 +221,17 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             say!("local domains = {:?}", settings.local_domains());
             say!("local users = {:?}", settings.config.local.users);
             say!("smtp listen = {:?}", settings.smtp_listen);
-            smtorp::tls::describe(&settings);
+            tls::describe(&settings);
             Ok(())
         }
+        #[cfg(feature = "demo")]
         Command::Demo { keep } => {
             if std::env::var_os("RUST_LOG").is_some() {
                 init_logging("warn");
             }
             let runtime =
                 tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            runtime.block_on(demo::run(keep))
+            runtime.block_on(smtorp::cli::demo::run(keep))
         }
         Command::Sendmail { .. } => unreachable_sendmail(),
         Command::Queue { command } => {

@@ -54,7 +54,7 @@ pub async fn serve(
                 }
                 Err(e) => warn!(error = %e, "control socket accept failed"),
             },
-            _ = crate::listener::stopped(&mut shutdown) => break,
+            _ = crate::listen::stopped(&mut shutdown) => break,
         }
     }
     let _ = std::fs::remove_file(&path);

@@ -2,6 +2,9 @@
 //! one executor, used by the daemon behind its control socket and by the CLI directly when
 //! no daemon runs (sled lets only one process open the queue).
 
+pub mod control;
+pub mod queue_cmd;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,8 +17,8 @@ use smtorp_queue::{Envelope, Origin, Queue, QueueId, RecipientState};
 use tokio::sync::{Notify, OnceCell};
 use tracing::info;
 
-use crate::bounce::DsnBouncer;
-use crate::headers::{split_header, unix_now};
+use crate::intake::bounce::DsnBouncer;
+use crate::intake::headers::{split_header, unix_now};
 
 /// A request (the JSON line sent over the control socket).
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -8,13 +8,15 @@ use crate::say;
 use anyhow::bail;
 use smtorp_queue::{Envelope, RecipientState};
 
+use crate::admin::control;
 use crate::admin::{Admin, Answer, Request, StatusReport};
-use crate::bounce::DsnBouncer;
+use crate::config::layout;
 use crate::config::Settings;
-use crate::directory::Directory;
-use crate::headers::unix_now;
+use crate::daemon;
+use crate::intake::bounce::DsnBouncer;
+use crate::intake::headers::unix_now;
 use crate::intake::Intake;
-use crate::{control, daemon, layout};
+use crate::policy::Directory;
 
 /// Runs `request` on the daemon, or on the store when no daemon answers.
 pub fn run(settings: &Arc<Settings>, request: Request) -> anyhow::Result<Answer> {
@@ -125,7 +127,7 @@ pub fn print(answer: Answer) -> anyhow::Result<()> {
             say!("queue id:  {}", envelope.id);
             say!(
                 "arrived:   {} ({} ago)",
-                crate::headers::rfc5322_date(envelope.arrival),
+                crate::intake::headers::rfc5322_date(envelope.arrival),
                 age(now.saturating_sub(envelope.arrival))
             );
             say!("origin:    {:?}", envelope.origin);

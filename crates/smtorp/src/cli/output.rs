@@ -17,6 +17,6 @@ pub fn line(args: std::fmt::Arguments<'_>) {
 /// `println!` for the CLI (see [`line`]).
 #[macro_export]
 macro_rules! say {
-    () => { $crate::output::line(format_args!("")) };
-    ($($arg:tt)*) => { $crate::output::line(format_args!($($arg)*)) };
+    () => { $crate::cli::output::line(format_args!("")) };
+    ($($arg:tt)*) => { $crate::cli::output::line(format_args!($($arg)*)) };
 }

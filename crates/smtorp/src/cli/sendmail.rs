@@ -1,6 +1,6 @@
 //! `smtorp sendmail`: the sendmail-compatible command local programs (mutt, cron, scripts)
 //! submit with. It checks the recipients at once, applies the privacy hygiene of submitted
-//! mail (crate::privacy: strips client fields, Date in UTC, From, Message-ID) and writes the
+//! mail (crate::intake::privacy: strips client fields, Date in UTC, From, Message-ID) and writes the
 //! message into the maildrop; it works whether or not the daemon
 //! runs and needs no socket.
 //!
@@ -14,9 +14,9 @@ use std::io::BufRead;
 use smtorp_smtp::Address;
 
 use crate::config::PrivacyConfig;
-use crate::directory::Directory;
-use crate::headers;
-use crate::maildrop::{self, DropEnvelope};
+use crate::intake::headers;
+use crate::local::maildrop::{self, DropEnvelope};
+use crate::policy::{self, Directory, Side};
 
 /// sysexits.h codes sendmail callers understand.
 pub mod exit {
@@ -174,16 +174,8 @@ fn check_recipient(directory: &Directory, rcpt: &str) -> Result<String, Sendmail
     };
     let address =
         Address::parse(&full, true).map_err(|e| fail(exit::DATAERR, format!("{full}: {e}")))?;
-    if directory.is_local_domain(&address.domain) {
-        if directory.user_of(&address.local_part).is_none() {
-            return Err(fail(exit::NOUSER, format!("{full}: no such local user")));
-        }
-    } else if !address.is_onion() {
-        return Err(fail(
-            exit::NOUSER,
-            format!("{full}: smtorp delivers only to onion addresses (user@<56 characters>.onion)"),
-        ));
-    }
+    policy::check(&directory.classify(&address), Side::Submission)
+        .map_err(|reply| fail(exit::NOUSER, format!("{full}: {}", reply.text)))?;
     Ok(address.to_string())
 }
 
@@ -200,7 +192,7 @@ fn login_name() -> String {
         .unwrap_or_else(|| "root".into())
 }
 
-pub use crate::privacy::complete_header;
+pub use crate::intake::privacy::complete_header;
 
 /// The whole command: parse, read stdin, check, complete, write to the maildrop.
 pub fn run(
@@ -247,8 +239,12 @@ pub fn run(
         Address::parse(&sender, true)
             .map_err(|e| fail(exit::DATAERR, format!("sender {sender}: {e}")))?;
     }
-    let message =
-        crate::privacy::clean_submitted(&message, &sender, directory.primary_domain(), privacy);
+    let message = crate::intake::privacy::clean_submitted(
+        &message,
+        &sender,
+        directory.primary_domain(),
+        privacy,
+    );
     maildrop::write(maildrop_dir, &DropEnvelope { sender, recipients }, &message).map_err(|e| {
         fail(
             exit::CANTCREAT,

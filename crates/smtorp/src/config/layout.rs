@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use crate::config::Settings;
-use crate::maildrop;
+use crate::local::maildrop;
 
 fn ensure_dir(path: &Path, mode: u32, created: &mut Vec<PathBuf>) -> anyhow::Result<()> {
     if !path.exists() {

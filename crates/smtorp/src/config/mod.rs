@@ -3,6 +3,8 @@
 //! Every key has a default that works, so a missing file means "all defaults". The names
 //! here are a contract with the shipped `config/smtorp.toml`, the tests and the docs.
 
+pub mod layout;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -479,7 +481,7 @@ mod tests {
 
     #[test]
     fn shipped_config_parses_to_the_defaults() {
-        let text = include_str!("../../../config/smtorp.toml");
+        let text = include_str!("../../../../config/smtorp.toml");
         let shipped = check(parse(text).unwrap()).unwrap();
         let default = check(Config::default()).unwrap();
         assert_eq!(
@@ -506,7 +508,7 @@ mod tests {
         }
         let known = toml::Value::try_from(Config::default()).unwrap();
         let shipped: toml::Value =
-            toml::from_str(include_str!("../../../config/smtorp.toml")).unwrap();
+            toml::from_str(include_str!("../../../../config/smtorp.toml")).unwrap();
         let (mut a, mut b) = (Vec::new(), Vec::new());
         keys(&known, "", &mut a);
         keys(&shipped, "", &mut b);

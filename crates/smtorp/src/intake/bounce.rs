@@ -12,7 +12,7 @@ use smtorp_delivery::{BounceFuture, Bouncer, FailureReport};
 use smtorp_queue::Origin;
 use tracing::{info, warn};
 
-use crate::headers;
+use crate::intake::headers;
 use crate::intake::{Arrival, Intake, IntakeError};
 
 /// The enhanced status code in a failure reason (e.g. "5.1.1" in "... with 550 5.1.1 ..."),

@@ -3,6 +3,10 @@
 //! envelope, adds our Received header, writes the message and returns only once it is on
 //! stable storage (group commit). Then it wakes the delivery scheduler.
 
+pub mod bounce;
+pub mod headers;
+pub mod privacy;
+
 use std::sync::Arc;
 
 use smtorp_queue::{NewMessage, Origin, Queue, QueueError, QueueId};
@@ -10,8 +14,8 @@ use smtorp_smtp::{Address, Handler, Reply, Transaction};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
-use crate::directory::Directory;
-use crate::headers::{self, Via};
+use self::headers::Via;
+use crate::policy::{self, Directory, Side};
 
 /// Why a message was not enqueued.
 #[derive(Debug, thiserror::Error)]
@@ -140,17 +144,9 @@ impl Intake {
         for rcpt in arrival.recipients {
             let address = Address::parse(rcpt, true)
                 .map_err(|e| IntakeError::Rejected(format!("recipient {rcpt}: {e}")))?;
-            if self.directory.is_local_domain(&address.domain) {
-                if self.directory.user_of(&address.local_part).is_none() {
-                    return Err(IntakeError::Rejected(format!(
-                        "recipient {rcpt}: no such local user"
-                    )));
-                }
-            } else if !address.is_onion() {
-                return Err(IntakeError::Rejected(format!(
-                    "recipient {rcpt}: smtorp delivers only to onion addresses"
-                )));
-            }
+            policy::check(&self.directory.classify(&address), Side::Submission).map_err(
+                |reply| IntakeError::Rejected(format!("recipient {rcpt}: {}", reply.text)),
+            )?;
         }
         Ok(())
     }

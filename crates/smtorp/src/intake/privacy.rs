@@ -12,7 +12,7 @@
 //! Mail arriving from other onion servers is never changed (only our Received is added).
 
 use crate::config::PrivacyConfig;
-use crate::headers;
+use crate::intake::headers;
 
 /// Applies the whole hygiene to a submitted message (CRLF line endings): strip, rewrite the
 /// date, complete the header. `sender` is the envelope sender (empty for `<>`), `domain` our

@@ -4,9 +4,15 @@
 //! The address the client comes from is never looked at for policy: behind C tor every
 //! client is 127.0.0.1.
 
+pub mod passwd;
+pub mod submission;
+pub mod tls;
+
 use std::sync::Arc;
 
-use smtorp_smtp::{serve, Policy, Session, SessionConfig};
+use smtorp_smtp::{serve, Policy, Session, SessionConfig, SessionKind};
+
+use crate::config::Settings;
 use std::future::Future;
 use tokio::io::AsyncWriteExt;
 
@@ -147,5 +153,20 @@ pub async fn accept_sessions<F, Fut>(
                 break;
             }
         }
+    }
+}
+
+/// The SMTP session limits of a listener of `kind`, from the configuration.
+pub fn session_config(settings: &Settings, hostname: &str, kind: SessionKind) -> SessionConfig {
+    let smtp = &settings.config.smtp;
+    SessionConfig {
+        hostname: hostname.to_owned(),
+        max_message_size: smtp.max_message_size,
+        max_recipients: smtp.max_recipients,
+        max_errors: smtp.max_errors,
+        command_timeout: settings.command_timeout,
+        data_timeout: settings.data_timeout,
+        kind,
+        ..SessionConfig::default()
     }
 }

@@ -20,7 +20,7 @@ use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::Argon2;
 
 use crate::config::Settings;
-use crate::directory::Directory;
+use crate::policy::Directory;
 
 /// The password file of a configuration.
 pub fn path(settings: &Settings) -> PathBuf {

@@ -6,7 +6,7 @@
 //! Rules: an authenticated user sends only as one of their own addresses (user@ each of our
 //! domains, and the aliases that point at them); recipients are local users or any valid
 //! `.onion` address (relayed). Every message gets the privacy hygiene of submitted mail
-//! (crate::privacy) and a Received header that names no client, then goes through the one
+//! (crate::intake::privacy) and a Received header that names no client, then goes through the one
 //! intake with `Origin::Submission`.
 //!
 //! Failed AUTH: the session waits 1 s, 2 s, 3 s ... before answering and closes after 3
@@ -22,8 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use smtorp_queue::Origin;
 use smtorp_smtp::{
-    serve_submission, Address, Credentials, Handler, Policy, Reply, Session, SessionConfig,
-    SessionKind, Transaction,
+    serve_submission, Credentials, Handler, Reply, Session, SessionConfig, SessionKind, Transaction,
 };
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -32,10 +31,11 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use crate::config::{PrivacyConfig, Settings};
-use crate::directory::Directory;
+use crate::intake::privacy;
 use crate::intake::{Arrival, Intake, IntakeError};
-use crate::listener::{accept_sessions, stopped};
-use crate::{passwd, privacy, tls};
+use crate::listen::{accept_sessions, stopped};
+use crate::listen::{passwd, tls};
+use crate::policy::{Directory, SubmissionPolicy};
 
 /// Failed AUTH attempts for one user (from all sessions) that lock the user out for a while.
 pub const USER_FAILURE_LIMIT: u32 = 10;
@@ -43,47 +43,6 @@ pub const USER_FAILURE_LIMIT: u32 = 10;
 pub const USER_FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
 /// Users tracked at most by the failure counter (the oldest entries are dropped).
 const MAX_TRACKED_USERS: usize = 4096;
-
-/// The text of every refusal of a non-onion recipient.
-pub const ONION_ONLY: &str = "smtorp delivers only to onion addresses (user@<56 characters>.onion)";
-
-/// Who may send what on the submission port.
-#[derive(Debug, Clone)]
-pub struct SubmissionPolicy(pub Arc<Directory>);
-
-impl Policy for SubmissionPolicy {
-    fn check_sender(&self, sender: Option<&Address>, auth_user: Option<&str>) -> Result<(), Reply> {
-        let Some(user) = auth_user else {
-            return Err(Reply::new(530, [5, 7, 0], "Authentication required"));
-        };
-        let own = sender.is_some_and(|s| {
-            self.0.is_local_domain(&s.domain)
-                && self.0.user_of(&s.local_part).as_deref() == Some(user)
-        });
-        if own {
-            Ok(())
-        } else {
-            Err(Reply::new(
-                553,
-                [5, 7, 1],
-                format!("Sender address rejected: not owned by user {user}"),
-            ))
-        }
-    }
-
-    fn check_recipient(&self, rcpt: &Address) -> Result<(), Reply> {
-        if self.0.is_local_domain(&rcpt.domain) {
-            return match self.0.user_of(&rcpt.local_part) {
-                Some(_) => Ok(()),
-                None => Err(Reply::new(550, [5, 1, 1], "No such user here")),
-            };
-        }
-        if rcpt.is_onion() {
-            return Ok(());
-        }
-        Err(Reply::new(550, [5, 1, 2], ONION_ONLY))
-    }
-}
 
 /// Recent AUTH failures per user.
 #[derive(Debug, Default)]
@@ -242,14 +201,6 @@ impl Handler for SubmissionHandler {
     }
 }
 
-/// The session limits of the submission port.
-pub fn session_config(settings: &Settings, hostname: &str) -> SessionConfig {
-    SessionConfig {
-        kind: SessionKind::Submission,
-        ..crate::daemon::session_config(settings, hostname)
-    }
-}
-
 /// Binds the `[submission] listen` sockets and spawns their accept loops into `tasks`. Makes
 /// the self-signed certificate first if there is none. Does nothing without listeners.
 pub async fn spawn(
@@ -276,7 +227,11 @@ pub async fn spawn(
         settings.clone(),
     ));
     let port = Arc::new(Port {
-        config: session_config(settings, directory.primary_domain()),
+        config: super::session_config(
+            settings,
+            directory.primary_domain(),
+            SessionKind::Submission,
+        ),
         policy: SubmissionPolicy(directory.clone()),
         handler,
         acceptor,
@@ -338,68 +293,6 @@ async fn accept_loop(listener: TcpListener, port: Arc<Port>, shutdown: watch::Re
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::config;
-
-    fn policy() -> SubmissionPolicy {
-        let c = config::parse(
-            "data_dir = \"/d\"\n[local]\ndomains = [\"mail.test\"]\nusers = [\"alice\", \"bob\"]\naliases = { info = \"bob\", postmaster = \"alice\" }\n",
-        )
-        .unwrap();
-        SubmissionPolicy(Arc::new(Directory::new(
-            Arc::new(config::check(c).unwrap()),
-            None,
-        )))
-    }
-
-    fn addr(s: &str) -> Address {
-        Address::parse(s, true).unwrap()
-    }
-
-    #[test]
-    fn senders_are_the_users_own_addresses() {
-        let p = policy();
-        assert!(p
-            .check_sender(Some(&addr("alice@mail.test")), Some("alice"))
-            .is_ok());
-        assert!(p
-            .check_sender(Some(&addr("postmaster@mail.test")), Some("alice"))
-            .is_ok());
-        assert!(p
-            .check_sender(Some(&addr("info@mail.test")), Some("bob"))
-            .is_ok());
-        for (sender, user) in [
-            ("bob@mail.test", "alice"),
-            ("info@mail.test", "alice"),
-            ("alice@other.test", "alice"),
-        ] {
-            let r = p.check_sender(Some(&addr(sender)), Some(user)).unwrap_err();
-            assert_eq!((r.code, r.enhanced), (553, [5, 7, 1]), "{sender}");
-        }
-        assert_eq!(p.check_sender(None, Some("alice")).unwrap_err().code, 553);
-        assert_eq!(
-            p.check_sender(Some(&addr("alice@mail.test")), None)
-                .unwrap_err()
-                .code,
-            530
-        );
-    }
-
-    #[test]
-    fn recipients_local_or_onion() {
-        let p = policy();
-        assert!(p.check_recipient(&addr("bob@mail.test")).is_ok());
-        assert_eq!(
-            p.check_recipient(&addr("carol@mail.test"))
-                .unwrap_err()
-                .code,
-            550
-        );
-        let onion = smtorp_smtp::address::onion_v3_from_key(&[3u8; 32]);
-        assert!(p.check_recipient(&addr(&format!("x@{onion}"))).is_ok());
-        let r = p.check_recipient(&addr("x@example.com")).unwrap_err();
-        assert_eq!(r.code, 550);
-        assert!(r.text.contains("only to onion addresses"));
-    }
 
     #[test]
     fn failure_counter_locks_and_forgets() {

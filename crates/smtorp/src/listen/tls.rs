@@ -155,8 +155,8 @@ pub fn acceptor(settings: &Settings) -> anyhow::Result<TlsAcceptor> {
 
 /// Our primary domain as the daemon will see it (the onion address once it has keys).
 fn primary_domain(settings: &Arc<Settings>) -> String {
-    let onion = crate::layout::onion_address(settings);
-    crate::directory::Directory::new(settings.clone(), onion.as_deref())
+    let onion = crate::config::layout::onion_address(settings);
+    crate::policy::Directory::new(settings.clone(), onion.as_deref())
         .primary_domain()
         .to_owned()
 }

@@ -213,7 +213,7 @@ pub async fn run(dir: PathBuf, intake: Arc<Intake>, mut shutdown: watch::Receive
         }
         tokio::select! {
             _ = tokio::time::sleep(PICKUP_INTERVAL) => {}
-            _ = crate::listener::stopped(&mut shutdown) => return,
+            _ = crate::listen::stopped(&mut shutdown) => return,
         }
     }
 }
@@ -242,7 +242,7 @@ mod tests {
     #[tokio::test]
     async fn a_file_committed_before_a_crash_is_not_queued_twice() {
         use crate::config;
-        use crate::directory::Directory;
+        use crate::policy::Directory;
         let dir = tempfile::tempdir().unwrap();
         let text = format!(
             "data_dir = \"{}\"\n[local]\ndomains = [\"mail.test\"]\nusers = [\"alice\"]\n",

@@ -2,6 +2,8 @@
 //! mirrored to `onion/hostname`), bootstrapping arti, publishing the SMTP onion service and
 //! running a session on every stream that reaches virtual port 25.
 
+pub mod connector;
+
 use std::fs;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,8 +16,8 @@ use tokio::sync::{watch, OnceCell, Semaphore};
 use tracing::{error, info, warn};
 
 use crate::config::Settings;
-use crate::directory::OnionSidePolicy;
-use crate::listener::{run_session, stopped, SessionFactory};
+use crate::listen::{run_session, stopped, SessionFactory};
+use crate::policy::OnionSidePolicy;
 
 /// The nickname of our onion service in arti's keystore.
 pub const NICKNAME: &str = "smtorp";

@@ -1,15 +1,23 @@
-//! Who is local: our domains, users and aliases, and the recipient policy of the onion side.
+//! Who is local and who may send what, where: our domains, users and aliases; the one
+//! recipient classifier ([`Directory::classify`]) and the one place that turns each class
+//! into an SMTP reply ([`refusal`]); the rules of each way in (`onion_side`, `submission`).
 //!
 //! Mail from the onion side (arti streams and `[smtp] listen` listeners) is accepted only
 //! for our own domains and known users or aliases; `postmaster` always (RFC 5321). Nothing
 //! is relayed. The same directory routes recipients at delivery time.
+
+pub mod onion_side;
+pub mod submission;
+
+pub use onion_side::OnionSidePolicy;
+pub use submission::SubmissionPolicy;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use smtorp_delivery::{Route, Router};
-use smtorp_smtp::{Address, Policy, Reply};
+use smtorp_smtp::{Address, Reply};
 
 use crate::config::Settings;
 
@@ -76,50 +84,96 @@ impl Directory {
     }
 }
 
-/// The onion-side recipient policy.
-#[derive(Debug, Clone)]
-pub struct OnionSidePolicy(pub Arc<Directory>);
+/// What a recipient address is to us: the one classification every way in and the router
+/// share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecipientClass {
+    /// One of our domains and a known user or alias: delivered to this local user.
+    Local(String),
+    /// One of our domains, but no such user or alias.
+    UnknownLocal,
+    /// Another onion domain (relayed only from local submission).
+    Onion,
+    /// Neither ours nor an onion address: never delivered.
+    NotOnion,
+}
 
-impl Policy for OnionSidePolicy {
-    fn check_sender(
-        &self,
-        _sender: Option<&Address>,
-        _auth_user: Option<&str>,
-    ) -> Result<(), Reply> {
-        // Any syntactically valid sender (the engine checked it, including onion checksums).
-        Ok(())
+/// Which way a recipient came in, for [`refusal`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The onion side: only our own users (no relay).
+    OnionSide,
+    /// Local submission (submission port, `sendmail`): our users and any onion address.
+    Submission,
+    /// At delivery time (the router).
+    Delivery,
+}
+
+/// The text of every refusal of a recipient that is not an onion address.
+pub const ONION_ONLY: &str = "smtorp delivers only to onion addresses (user@<56 characters>.onion)";
+
+/// Whether a recipient of `class` is accepted when it comes in on `side`; the refusal if not.
+pub fn check(class: &RecipientClass, side: Side) -> Result<(), Reply> {
+    match (class, side) {
+        (RecipientClass::Local(_), _) => Ok(()),
+        (RecipientClass::Onion, Side::Submission | Side::Delivery) => Ok(()),
+        _ => Err(refusal(class, side)),
     }
+}
 
-    fn check_recipient(&self, rcpt: &Address) -> Result<(), Reply> {
-        if !self.0.is_local_domain(&rcpt.domain) {
-            return Err(Reply::new(550, [5, 7, 1], "Relay access denied"));
+/// The reply that refuses `class` on `side` (the one place these texts live).
+pub fn refusal(class: &RecipientClass, side: Side) -> Reply {
+    match (class, side) {
+        (RecipientClass::Onion, Side::OnionSide) => {
+            Reply::new(550, [5, 7, 1], "Relay access denied")
         }
-        match self.0.user_of(&rcpt.local_part) {
-            Some(_) => Ok(()),
-            None => Err(Reply::new(550, [5, 1, 1], "No such user here")),
+        (RecipientClass::NotOnion, Side::OnionSide) => {
+            Reply::new(550, [5, 7, 1], "Relay access denied")
+        }
+        (RecipientClass::NotOnion, _) => Reply::new(550, [5, 1, 2], ONION_ONLY),
+        (RecipientClass::UnknownLocal, _) => Reply::new(550, [5, 1, 1], "No such user here"),
+        // Accepted classes have no refusal; callers ask only after `check` said no.
+        (RecipientClass::Local(_) | RecipientClass::Onion, _) => {
+            Reply::new(550, [5, 1, 0], "Recipient refused")
+        }
+    }
+}
+
+impl Directory {
+    /// Classifies a validated recipient address.
+    pub fn classify(&self, address: &Address) -> RecipientClass {
+        if self.is_local_domain(&address.domain) {
+            return match self.user_of(&address.local_part) {
+                Some(user) => RecipientClass::Local(user),
+                None => RecipientClass::UnknownLocal,
+            };
+        }
+        if address.is_onion() {
+            RecipientClass::Onion
+        } else {
+            RecipientClass::NotOnion
         }
     }
 }
 
 impl Router for Directory {
     fn route(&self, recipient: &str) -> Route {
-        let Some((local, domain)) = recipient.rsplit_once('@') else {
-            return Route::Unroutable(format!("malformed recipient {recipient}"));
+        let address = match Address::parse(recipient, true) {
+            Ok(address) => address,
+            Err(e) => return Route::Unroutable(format!("550 5.1.3 malformed recipient: {e}")),
         };
-        let domain = domain.to_ascii_lowercase();
-        if self.is_local_domain(&domain) {
-            return match self.user_of(local) {
-                Some(user) => Route::Local {
-                    maildir: self.maildir_of(&user),
-                    user,
-                },
-                None => Route::Unroutable("550 5.1.1 No such user here".into()),
-            };
+        match self.classify(&address) {
+            RecipientClass::Local(user) => Route::Local {
+                maildir: self.maildir_of(&user),
+                user,
+            },
+            RecipientClass::Onion => Route::Remote {
+                domain: address.domain,
+            },
+            class @ (RecipientClass::UnknownLocal | RecipientClass::NotOnion) => {
+                Route::Unroutable(refusal(&class, Side::Delivery).to_string())
+            }
         }
-        if domain.ends_with(".onion") {
-            return Route::Remote { domain };
-        }
-        Route::Unroutable("550 5.1.2 smtorp delivers only to onion addresses".into())
     }
 }
 
@@ -135,37 +189,12 @@ mod tests {
     use super::*;
     use crate::config;
 
-    fn directory() -> Directory {
+    pub(crate) fn directory() -> Directory {
         let c = config::parse(
             "data_dir = \"/d\"\n[local]\ndomains = [\"Mail.Test\"]\nusers = [\"alice\", \"bob\"]\naliases = { postmaster = \"alice\", Info = \"bob\" }\n",
         )
         .unwrap();
         Directory::new(Arc::new(config::check(c).unwrap()), None)
-    }
-
-    fn addr(s: &str) -> Address {
-        let (l, d) = s.rsplit_once('@').unwrap();
-        Address {
-            local_part: l.into(),
-            domain: d.to_ascii_lowercase(),
-        }
-    }
-
-    #[test]
-    fn policy() {
-        let p = OnionSidePolicy(Arc::new(directory()));
-        assert!(p.check_recipient(&addr("alice@mail.test")).is_ok());
-        assert!(p.check_recipient(&addr("ALICE@mail.test")).is_ok());
-        assert!(p.check_recipient(&addr("info@mail.test")).is_ok());
-        assert!(p.check_recipient(&addr("postmaster@mail.test")).is_ok());
-        assert_eq!(
-            p.check_recipient(&addr("carol@mail.test"))
-                .unwrap_err()
-                .code,
-            550
-        );
-        let relay = p.check_recipient(&addr("alice@other.test")).unwrap_err();
-        assert_eq!((relay.code, relay.enhanced), (550, [5, 7, 1]));
     }
 
     #[test]
@@ -178,7 +207,9 @@ mod tests {
                 maildir: PathBuf::from("/d/mail/bob")
             }
         );
-        assert!(matches!(d.route("x@abc.onion"), Route::Remote { .. }));
+        let onion = smtorp_smtp::address::onion_v3_from_key(&[7u8; 32]);
+        assert_eq!(d.route(&format!("x@{onion}")), Route::Remote { domain: onion });
+        assert!(matches!(d.route("x@abc.onion"), Route::Unroutable(_)));
         assert!(matches!(d.route("x@example.com"), Route::Unroutable(_)));
         assert!(matches!(d.route("nobody@mail.test"), Route::Unroutable(_)));
     }
