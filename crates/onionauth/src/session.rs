@@ -61,7 +61,7 @@ pub struct ServerAuth {
 
 impl ServerAuth {
     /// A session with a fresh nonce from the OS RNG. `own` lists every onion this server
-    /// answers for.
+    /// answers for (with none, every attempt fails).
     pub fn new(own: Vec<Onion>) -> ServerAuth {
         ServerAuth::with_nonce(own, Nonce::generate())
     }

@@ -9,49 +9,50 @@ use ed25519_dalek::Signature;
 use crate::signer::{signed_message, SIGNATURE_B64_LEN, SIGNATURE_LEN};
 use crate::{ClientOnion, Nonce, Onion, KEYWORD};
 
-/// Why an XONIONAUTH attempt failed. `Display` is a short text for the SMTP reply; the
-/// intended reply code of each case is in docs/sender-auth.md and on each variant.
+/// Why an XONIONAUTH attempt failed. `Display` is the reply text of docs/sender-auth.md
+/// section 6 (`InvalidKey` and `BadSignature` share one text on purpose); the intended
+/// reply code is on each variant.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     /// Not exactly two arguments separated by one space. Reply `501 5.5.4`.
-    #[error("syntax: XONIONAUTH <onion address> <signature>")]
+    #[error("Syntax: XONIONAUTH <onion address> <signature>")]
     Syntax,
     /// The address is not `<56 base32 characters>.onion`. Reply `501 5.5.4`.
-    #[error("not a v3 onion address")]
+    #[error("Not a v3 onion address")]
     MalformedAddress,
     /// The address decodes, but its version byte is not 3. Reply `501 5.5.4`.
-    #[error("onion address version is not 3")]
+    #[error("Onion address version is not 3")]
     BadVersion,
     /// The address's checksum does not match its key. Reply `501 5.5.4`.
-    #[error("onion address checksum mismatch")]
+    #[error("Onion address checksum mismatch")]
     BadChecksum,
     /// The address's key is not a canonical point of large order: no signature under it is
     /// ever accepted. Reply `535 5.7.8`.
-    #[error("onion address key cannot sign")]
+    #[error("Authentication credentials invalid")]
     InvalidKey,
     /// The signature is not standard, canonical, padded base64. Reply `501 5.5.4`.
-    #[error("signature is not base64")]
+    #[error("Signature is not base64")]
     BadBase64,
     /// The signature does not decode to 64 bytes. Reply `501 5.5.4`.
-    #[error("signature is not 64 bytes")]
+    #[error("Signature is not 64 bytes")]
     BadSignatureLength,
     /// The signature does not verify for any of our onions with this session's nonce (wrong
     /// key, another server's onion, another nonce, a non-canonical signature). Reply
     /// `535 5.7.8`.
-    #[error("signature invalid")]
+    #[error("Authentication credentials invalid")]
     BadSignature,
     /// The client claims one of the server's own onions. Reply `535 5.7.8`.
-    #[error("that onion address is this server's own")]
+    #[error("That onion address is this server's own")]
     Reflection,
     /// A second attempt in the same session (after a pass or a failure). Reply `503 5.5.1`.
-    #[error("only one XONIONAUTH per session")]
+    #[error("Only one XONIONAUTH per session")]
     AlreadyAttempted,
     /// An attempt after the session's first MAIL command. Reply `503 5.5.1`.
     #[error("XONIONAUTH must come before MAIL")]
     AfterMail,
     /// An attempt in a session whose EHLO reply carried no nonce (HELO, or no EHLO yet).
     /// Reply `503 5.5.1`.
-    #[error("send EHLO first")]
+    #[error("Send EHLO first")]
     NotAdvertised,
     /// (Client side) the server's EHLO keyword has no valid nonce: do not authenticate.
     #[error("XONIONAUTH nonce is not 32 bytes of base64")]

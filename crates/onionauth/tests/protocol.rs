@@ -413,3 +413,44 @@ fn random_arguments_never_panic() {
         }
     }
 }
+
+/// docs/sender-auth.md quotes the vector and the reply texts verbatim.
+#[test]
+fn spec_quotes_the_vector_and_the_replies() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/sender-auth.md");
+    let spec = std::fs::read_to_string(path).unwrap();
+    let flat: String = spec.chars().filter(|c| !c.is_whitespace()).collect();
+    let signature_hex = HEXLOWER.encode(&BASE64.decode(SIGNATURE.as_bytes()).unwrap());
+    for value in [
+        SEED,
+        &EXPANDED[..64],
+        &EXPANDED[64..],
+        CLIENT,
+        SERVER,
+        NONCE,
+        MESSAGE,
+        &signature_hex,
+        &HEXLOWER.encode(vector_client().public_key()),
+        &HEXLOWER.encode(server().public_key()),
+    ] {
+        assert!(flat.contains(value), "the spec lacks {value}");
+    }
+    assert!(spec.contains(&format!("XONIONAUTH {CLIENT} {SIGNATURE}")));
+    for (error, code) in [
+        (AuthError::Syntax, "501 5.5.4"),
+        (AuthError::MalformedAddress, "501 5.5.4"),
+        (AuthError::BadVersion, "501 5.5.4"),
+        (AuthError::BadChecksum, "501 5.5.4"),
+        (AuthError::BadBase64, "501 5.5.4"),
+        (AuthError::BadSignatureLength, "501 5.5.4"),
+        (AuthError::InvalidKey, "535 5.7.8"),
+        (AuthError::BadSignature, "535 5.7.8"),
+        (AuthError::Reflection, "535 5.7.8"),
+        (AuthError::AlreadyAttempted, "503 5.5.1"),
+        (AuthError::AfterMail, "503 5.5.1"),
+        (AuthError::NotAdvertised, "503 5.5.1"),
+    ] {
+        let row = format!("| `{error:?}` | `{code} {error}` |");
+        assert!(spec.contains(&row), "the spec lacks the row ending {row}");
+    }
+}
