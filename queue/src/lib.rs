@@ -19,6 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+pub use smtorp_reply::Reply;
 
 use crate::flusher::Flusher;
 use crate::keys::{due_key, id_key, parse_due_key};
@@ -86,6 +87,7 @@ pub enum RecipientState {
 
 /// One recipient of a queued message with its own state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StoredRecipient")]
 pub struct Recipient {
     /// The envelope recipient address as accepted (`local@domain`).
     pub address: String,
@@ -93,8 +95,42 @@ pub struct Recipient {
     pub state: RecipientState,
     /// How many delivery attempts were made for it.
     pub attempts: u32,
-    /// The last error text (an SMTP reply or a local error), if any.
-    pub last_error: Option<String>,
+    /// The reply of the last failed attempt (a peer's, or ours for a local failure), if any.
+    pub last_reply: Option<Reply>,
+}
+
+/// A recipient as stored: the current form, or the one of earlier versions, which kept
+/// the last error as text (`last_error`).
+#[derive(Deserialize)]
+struct StoredRecipient {
+    address: String,
+    state: RecipientState,
+    attempts: u32,
+    #[serde(default)]
+    last_reply: Option<Reply>,
+    #[serde(default)]
+    last_error: Option<String>,
+}
+
+impl From<StoredRecipient> for Recipient {
+    fn from(r: StoredRecipient) -> Self {
+        // Earlier versions stored only the text: keep it whole, with the class its state
+        // implies (the text alone decides nothing any more).
+        let legacy = r.last_error.map(|text| {
+            let code = if r.state == RecipientState::Failed {
+                550
+            } else {
+                451
+            };
+            Reply::new(code, [0, 0, 0], text)
+        });
+        Recipient {
+            address: r.address,
+            state: r.state,
+            attempts: r.attempts,
+            last_reply: r.last_reply.or(legacy),
+        }
+    }
 }
 
 /// The envelope of a queued message: everything but the body.
@@ -432,7 +468,7 @@ impl Queue {
                     address: address.clone(),
                     state: RecipientState::Pending,
                     attempts: 0,
-                    last_error: None,
+                    last_reply: None,
                 })
                 .collect(),
             arrival: msg.arrival,
@@ -444,13 +480,16 @@ impl Queue {
         let key = id_key(env.id);
         let dkey = due_key(msg.arrival, env.id);
         let token = token.map(str::as_bytes);
+        let mut token_value = [0u8; 16];
+        token_value[..8].copy_from_slice(&key);
+        token_value[8..].copy_from_slice(&now_secs().to_be_bytes());
         let written = (&self.envelopes, &self.due, &self.tokens)
             .transaction(|(e, d, t)| {
                 if let Some(token) = token {
                     if t.get(token)?.is_some() {
                         return Ok(false);
                     }
-                    t.insert(token, &key[..])?;
+                    t.insert(token, &token_value[..])?;
                 }
                 if e.get(key)?.is_some() {
                     return Err(ConflictableTransactionError::Abort(QueueError::Corrupt(
@@ -523,6 +562,23 @@ impl Queue {
     pub fn forget_token(&self, token: &str) -> Result<(), QueueError> {
         self.tokens.remove(token.as_bytes())?;
         Ok(())
+    }
+
+    /// Every recorded token with the time it was recorded (Unix seconds; 0 for tokens of
+    /// older versions), for cleaning up tokens whose source is gone.
+    pub fn tokens_with_time(&self) -> Result<Vec<(String, u64)>, QueueError> {
+        self.tokens
+            .iter()
+            .map(|item| {
+                let (k, v) = item?;
+                let recorded = v
+                    .get(8..16)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0);
+                Ok((String::from_utf8_lossy(&k).into_owned(), recorded))
+            })
+            .collect()
     }
 
     /// Every recorded token (for cleaning up tokens whose source is gone).

@@ -254,6 +254,11 @@ impl Body {
         self.len == 0
     }
 
+    /// The open file, to read it another way (e.g. asynchronously).
+    pub fn into_file(self) -> File {
+        self.file
+    }
+
     /// Reads all of it.
     pub(crate) fn read_all(mut self) -> io::Result<Vec<u8>> {
         let mut out = Vec::with_capacity(usize::try_from(self.len).unwrap_or(0));

@@ -54,7 +54,7 @@ fn insert_roundtrip() {
     for r in &env.recipients {
         assert_eq!(r.state, RecipientState::Pending);
         assert_eq!(r.attempts, 0);
-        assert_eq!(r.last_error, None);
+        assert_eq!(r.last_reply, None);
     }
     assert_eq!(env.recipients[1].address, "carol@c.onion");
     assert_eq!(env.arrival, 1_000);
@@ -134,7 +134,7 @@ fn update_moves_due_key() {
         env.recipients[0].state = RecipientState::Delivered;
         env.recipients[0].attempts = 1;
         env.recipients[1].attempts = 1;
-        env.recipients[1].last_error = Some("451 4.4.1 try later".into());
+        env.recipients[1].last_reply = Some(smtorp_queue::Reply::new(451, [4, 4, 1], "try later"));
         // Far in the future so that reopening (recovery makes it due now) is visible below.
         let later = u64::MAX - 10;
         env.next_due = Some(later);

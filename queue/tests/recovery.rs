@@ -23,7 +23,7 @@ fn envelope(id: u64, states: &[RecipientState], next_due: Option<u64>) -> Envelo
                 address: format!("r{i}@b.onion"),
                 state: *s,
                 attempts: 1,
-                last_error: None,
+                last_reply: None,
             })
             .collect(),
         arrival: 1_000,
@@ -291,4 +291,27 @@ fn bodies_of_an_older_queue_move_to_spool_files() {
     let q = Queue::open(dir.path()).unwrap();
     assert_eq!(q.recovery().bodies_migrated, 0);
     assert!(q.recovery().is_clean(), "{:?}", q.recovery());
+}
+
+#[test]
+fn envelopes_of_earlier_versions_keep_their_last_error() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Queue::open(dir.path()).unwrap());
+    {
+        let raw = Raw::open(dir.path());
+        // The form of earlier versions: the last error as text.
+        let old = br#"{"id":77,"sender":"a@a.onion","recipients":[{"address":"r@b.onion","state":"pending","attempts":2,"last_error":"b.onion answered RCPT TO with 451 4.3.0 busy"}],"arrival":1000,"origin":"smtp","size":4,"next_due":500}"#;
+        raw.envelopes.insert(77u64.to_be_bytes(), &old[..]).unwrap();
+        raw.body(77, b"body");
+        raw.due(500, 77);
+        raw.close();
+    }
+    let q = Queue::open(dir.path()).unwrap();
+    let env = q.envelope(QueueId(77)).unwrap().unwrap();
+    let reply = env.recipients[0].last_reply.clone().unwrap();
+    assert_eq!(reply.code, 451);
+    assert_eq!(reply.text, "b.onion answered RCPT TO with 451 4.3.0 busy");
+    // Written back in the current form.
+    q.update(&env).unwrap();
+    assert_eq!(q.envelope(QueueId(77)).unwrap().unwrap(), env);
 }

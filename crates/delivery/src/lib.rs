@@ -1,6 +1,6 @@
-//! Delivery: the scheduler that reads due messages from the queue and hands each recipient
-//! to its deliverer (a local Maildir today; remote onion SMTP plugs in beside it), records
-//! per-recipient results and reschedules what must be retried.
+//! Delivery: the scheduler that reads due messages from the queue and hands their
+//! recipients, grouped by route, to their sinks (local Maildirs, remote onion SMTP), records
+//! per-recipient results and reschedules, expires and bounces what is left.
 #![doc = include_str!("../README.md")]
 
 mod local;
@@ -13,10 +13,10 @@ pub use remote::{
     BoxedStream, ConnectError, ConnectFuture, Connector, PeerStream, RemoteDelivery, IDLE_TTL,
 };
 pub use scheduler::{
-    BackoffReset, BounceFuture, Bouncer, FailedRecipient, FailureReport, Scheduler,
-    SchedulerConfig, Stats,
+    BounceFuture, Bouncer, Clock, DestinationReport, FailedRecipient, FailureReport, Parts,
+    Scheduler, SchedulerConfig, SchedulerHandle, Stats, SystemClock,
 };
-pub use sink::{Job, Outcome, Sink, SinkFuture, SmtpReply};
+pub use sink::{Content, Job, Outcome, Reply, Sink, SinkFuture};
 
 use std::path::PathBuf;
 
@@ -35,8 +35,8 @@ pub enum Route {
         /// The lower-case `<name>.onion` domain.
         domain: String,
     },
-    /// Nowhere: fails permanently with this text (an SMTP-style reply text).
-    Unroutable(String),
+    /// Nowhere: fails permanently with this reply.
+    Unroutable(Reply),
 }
 
 /// Decides where each recipient goes (the binary's directory of local users).

@@ -1,24 +1,27 @@
-//! The local deliverer: one message for one recipient into a Maildir, with the
-//! Return-Path and Delivered-To header fields prepended.
+//! The local sink: one message for each recipient of a job into its Maildir, read from the
+//! message's spool file and written with the Return-Path and Delivered-To header fields
+//! prepended (each copy gains its own, so copies cannot share a file).
 
 use std::path::Path;
 
-use smtorp_maildir::{unique_name, Delivered, Maildir, MaildirError};
+use smtorp_maildir::{unique_name, Delivered, Lookup, Maildir, MaildirError};
 use smtorp_queue::Envelope;
 use tracing::info;
 
-use crate::sink::{Job, Outcome, Sink, SinkFuture};
+use crate::sink::{Content, Job, Outcome, Sink, SinkFuture};
 use crate::Route;
 
-/// Writes `body` for recipient number `index` of `envelope` into `maildir`. The file name
-/// is derived from the queue id and the recipient index, so a retry after a crash finds the
-/// earlier copy and writes nothing ([`Delivered::AlreadyThere`]). Blocking (fsync).
+/// Writes the message for recipient number `index` of `envelope` into `maildir`. The file
+/// name is derived from the queue id and the recipient index, so a retry after a crash
+/// finds the earlier copy and writes nothing ([`Delivered::AlreadyThere`]); `lookup` says
+/// whether such a copy may exist. Blocking (file system, fsync).
 pub fn deliver_to_maildir(
     maildir: &Path,
     host: &str,
     envelope: &Envelope,
     index: usize,
-    body: &[u8],
+    content: &Content,
+    lookup: Lookup,
 ) -> Result<Delivered, MaildirError> {
     let recipient = envelope
         .recipients
@@ -30,7 +33,11 @@ pub fn deliver_to_maildir(
         envelope.sender, recipient
     );
     let name = unique_name(envelope.arrival, &envelope.id.to_string(), index, host);
-    Maildir::new(maildir).deliver(&name, &[trace.as_bytes(), body])
+    let mut body = content.open().map_err(|e| MaildirError::Io {
+        path: maildir.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    Maildir::new(maildir).deliver_from(&name, trace.as_bytes(), &mut body, lookup)
 }
 
 /// The Maildir sink: each recipient of a local route gets its own file.
@@ -48,17 +55,22 @@ impl Sink for MaildirSink {
                     job.recipients.len()
                 ];
             };
+            let lookup = if job.maybe_done {
+                Lookup::Full
+            } else {
+                Lookup::NewOnly
+            };
             let mut outcomes = Vec::with_capacity(job.recipients.len());
             for &index in job.recipients {
-                let (host, maildir, envelope, body) = (
+                let (host, maildir, envelope, content) = (
                     self.host.clone(),
                     maildir.clone(),
                     job.envelope.clone(),
-                    job.body.to_vec(),
+                    job.content.clone(),
                 );
                 let id = envelope.id;
                 let result = tokio::task::spawn_blocking(move || {
-                    deliver_to_maildir(&maildir, &host, &envelope, index, &body)
+                    deliver_to_maildir(&maildir, &host, &envelope, index, &content, lookup)
                 })
                 .await;
                 outcomes.push(match result {

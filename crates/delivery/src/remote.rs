@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use mail_send::SmtpClient;
 use smtp_proto::{EhloResponse, Response};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::debug;
 
-use crate::sink::{Job, Outcome, Sink, SinkFuture, SmtpReply};
+use crate::sink::{Content, Job, Outcome, Reply, Sink, SinkFuture};
 use crate::Route;
 
 /// A bidirectional byte stream to a peer MTA.
@@ -75,8 +75,8 @@ fn outcome_of(domain: &str, stage: &str, reply: &Response<String>) -> Outcome {
     } else {
         [(reply.code / 100) as u8, 0, 0]
     };
-    let text = format!("{domain} answered {stage}: {}", reply.message);
-    Outcome::from_reply(SmtpReply::new(reply.code, enhanced, text))
+    let text = crate::sink::one_line(format!("{domain} answered {stage}: {}", reply.message));
+    Outcome::from_reply(Reply::new(reply.code, enhanced, text))
 }
 
 /// A mail-send error as an outcome: a peer's reply as such; I/O errors, timeouts and
@@ -88,51 +88,93 @@ fn failed(domain: &str, stage: &str, error: &mail_send::Error) -> Outcome {
     }
 }
 
-/// The message with every line ending made CRLF: no bare CR or LF ever goes out.
-fn crlf(body: &[u8]) -> std::borrow::Cow<'_, [u8]> {
-    let clean = body.iter().enumerate().all(|(i, &b)| match b {
-        b'\r' => body.get(i + 1) == Some(&b'\n'),
-        b'\n' => i > 0 && body[i - 1] == b'\r',
-        _ => true,
-    });
-    if clean {
-        return std::borrow::Cow::Borrowed(body);
-    }
-    let mut out = Vec::with_capacity(body.len() + 64);
-    let mut i = 0;
-    while i < body.len() {
-        match body[i] {
-            b'\r' if body.get(i + 1) == Some(&b'\n') => {
-                out.extend_from_slice(b"\r\n");
-                i += 1;
-            }
-            b'\r' | b'\n' => out.extend_from_slice(b"\r\n"),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    std::borrow::Cow::Owned(out)
+/// The DATA encoding of a message, piece by piece: every line ending made CRLF (no bare CR
+/// or LF ever goes out, even from a damaged spool file), a line starting with `.` gets
+/// another (dot-stuffing), and the end-of-data mark. A message that ends with CRLF is
+/// followed by `.` CRLF only, so that no empty line is added at the end (mail-send's own
+/// writer always adds one).
+#[derive(Debug)]
+struct DataEncoder {
+    /// The next byte starts a line.
+    at_line_start: bool,
+    /// The last byte was a CR whose line ending is not decided yet.
+    pending_cr: bool,
 }
 
-/// Writes the message with dot-stuffing (a line starting with `.` gets another) and the
-/// end-of-data mark. `body` has CRLF line endings; one that ends with CRLF is followed by
-/// `.` CRLF only, so that no empty line is added at the end (mail-send's own writer always
-/// adds one).
-async fn write_data(stream: &mut BoxedStream, body: &[u8]) -> std::io::Result<()> {
-    let mut out = Vec::with_capacity(body.len() + body.len() / 64 + 8);
-    let mut at_line_start = true;
-    for &b in body {
-        if at_line_start && b == b'.' {
-            out.push(b'.');
+impl DataEncoder {
+    fn new() -> DataEncoder {
+        DataEncoder {
+            at_line_start: true,
+            pending_cr: false,
         }
-        out.push(b);
-        at_line_start = b == b'\n';
     }
-    if !body.is_empty() && !body.ends_with(b"\r\n") {
+
+    fn end_line(&mut self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"\r\n");
+        self.at_line_start = true;
     }
-    out.extend_from_slice(b".\r\n");
-    stream.write_all(&out).await?;
+
+    /// Encodes one piece of the message into `out`.
+    fn encode(&mut self, piece: &[u8], out: &mut Vec<u8>) {
+        out.reserve(piece.len() + piece.len() / 64 + 4);
+        for &b in piece {
+            if self.pending_cr {
+                self.pending_cr = false;
+                self.end_line(out);
+                if b == b'\n' {
+                    continue;
+                }
+            }
+            match b {
+                b'\r' => self.pending_cr = true,
+                b'\n' => self.end_line(out),
+                _ => {
+                    if self.at_line_start && b == b'.' {
+                        out.push(b'.');
+                    }
+                    out.push(b);
+                    self.at_line_start = false;
+                }
+            }
+        }
+    }
+
+    /// Ends the message: the last line ending, then `.` CRLF.
+    fn finish(mut self, out: &mut Vec<u8>) {
+        if self.pending_cr || !self.at_line_start {
+            self.pending_cr = false;
+            self.end_line(out);
+        }
+        out.extend_from_slice(b".\r\n");
+    }
+}
+
+/// Writes the message from `content` as DATA text, piece by piece, each write bounded by
+/// `timeout`.
+async fn write_data(
+    stream: &mut BoxedStream,
+    content: &mut (dyn AsyncRead + Send + Unpin),
+    timeout: Duration,
+) -> std::io::Result<()> {
+    let mut encoder = DataEncoder::new();
+    let mut piece = vec![0u8; 64 * 1024];
+    let mut out = Vec::with_capacity(70 * 1024);
+    loop {
+        let n = content.read(&mut piece).await?;
+        out.clear();
+        if n == 0 {
+            let encoder = std::mem::replace(&mut encoder, DataEncoder::new());
+            encoder.finish(&mut out);
+        } else {
+            encoder.encode(&piece[..n], &mut out);
+        }
+        tokio::time::timeout(timeout, stream.write_all(&out))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "write timed out"))??;
+        if n == 0 {
+            break;
+        }
+    }
     stream.flush().await
 }
 
@@ -236,7 +278,7 @@ impl RemoteDelivery {
         domain: &str,
         sender: &str,
         recipients: &[String],
-        body: &[u8],
+        content: &Content,
     ) -> Vec<Outcome> {
         let all = |o: Outcome| vec![o; recipients.len()];
         let mut session = match self.reuse(domain).await {
@@ -247,7 +289,7 @@ impl RemoteDelivery {
             },
         };
         let outcomes = match self
-            .transaction(&mut session, domain, sender, recipients, body)
+            .transaction(&mut session, domain, sender, recipients, content)
             .await
         {
             Ok(outcomes) => outcomes,
@@ -263,21 +305,24 @@ impl RemoteDelivery {
         outcomes
     }
 
-    /// Sends the message after a 354 and reads the final reply (10 minutes at most, RFC
-    /// 5321 4.5.3.2.6). `Err` when the session broke.
+    /// Sends the message after a 354, streamed from its spool file, and reads the final
+    /// reply (10 minutes at most, RFC 5321 4.5.3.2.6). `Err` when the session broke.
     async fn send_body(
         &self,
         client: &mut SmtpClient<BoxedStream>,
         domain: &str,
-        body: &[u8],
+        content: &Content,
     ) -> Result<Outcome, Outcome> {
-        let finished = tokio::time::timeout(self.timeout * 2, async {
-            write_data(&mut client.stream, body)
-                .await
-                .map_err(mail_send::Error::from)?;
-            client.read().await
-        })
-        .await;
+        let mut file = content.open_async().await.map_err(|e| {
+            Outcome::temporary([4, 3, 0], format!("cannot read the queued message: {e}"))
+        })?;
+        if let Err(e) = write_data(&mut client.stream, &mut file, self.timeout).await {
+            return Err(Outcome::temporary(
+                [4, 4, 2],
+                format!("{domain}: DATA failed: {e}"),
+            ));
+        }
+        let finished = tokio::time::timeout(self.timeout * 2, client.read()).await;
         match finished {
             Ok(Ok(reply)) => Ok(outcome_of(domain, "DATA", &reply)),
             Ok(Err(e)) => Err(failed(domain, "DATA", &e)),
@@ -296,12 +341,14 @@ impl RemoteDelivery {
         domain: &str,
         sender: &str,
         recipients: &[String],
-        body: &[u8],
+        content: &Content,
     ) -> Result<Vec<Outcome>, Outcome> {
         let ehlo = &session.ehlo;
         let client = &mut session.client;
         let mut mail = format!("MAIL FROM:<{sender}>");
-        if body.iter().any(|b| *b >= 0x80) && ehlo.has_capability(smtp_proto::EXT_8BIT_MIME) {
+        // We do not know whether the text is 7-bit without reading it all first: say
+        // 8BITMIME whenever the peer offers it (RFC 6152 allows it for 7-bit text too).
+        if ehlo.has_capability(smtp_proto::EXT_8BIT_MIME) {
             mail.push_str(" BODY=8BITMIME");
         }
         let utf8 = !sender.is_ascii() || recipients.iter().any(|r| !r.is_ascii());
@@ -313,7 +360,6 @@ impl RemoteDelivery {
             .iter()
             .map(|r| format!("RCPT TO:<{r}>\r\n"))
             .collect();
-        let body = crlf(body);
 
         if ehlo.has_capability(smtp_proto::EXT_PIPELINING) {
             // One round trip for the whole envelope (RFC 2920).
@@ -370,7 +416,7 @@ impl RemoteDelivery {
                 let _ = client.read().await;
                 return Ok(outcomes);
             }
-            let data = self.send_body(client, domain, &body).await?;
+            let data = self.send_body(client, domain, content).await?;
             for x in outcomes.iter_mut().filter(|x| **x == Outcome::Delivered) {
                 *x = data.clone();
             }
@@ -402,7 +448,7 @@ impl RemoteDelivery {
                 }
                 Err(e) => return Err(failed(domain, "DATA", &e)),
             }
-            let data = self.send_body(client, domain, &body).await?;
+            let data = self.send_body(client, domain, content).await?;
             for o in outcomes.iter_mut().filter(|o| **o == Outcome::Delivered) {
                 *o = data.clone();
             }
@@ -428,8 +474,12 @@ impl Sink for RemoteDelivery {
                 .iter()
                 .map(|&i| job.envelope.recipients[i].address.clone())
                 .collect();
-            RemoteDelivery::deliver(self, domain, &job.envelope.sender, &rcpts, job.body).await
+            RemoteDelivery::deliver(self, domain, &job.envelope.sender, &rcpts, job.content).await
         })
+    }
+
+    fn upkeep(&self) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(self.sweep())
     }
 }
 
@@ -439,9 +489,12 @@ mod tests {
     use super::*;
 
     async fn written(body: &[u8]) -> Vec<u8> {
-        let (a, mut b) = tokio::io::duplex(1 << 16);
+        let (a, mut b) = tokio::io::duplex(1 << 20);
         let mut stream: BoxedStream = Box::new(a);
-        write_data(&mut stream, body).await.unwrap();
+        let mut content: &[u8] = body;
+        write_data(&mut stream, &mut content, Duration::from_secs(5))
+            .await
+            .unwrap();
         drop(stream);
         let mut out = Vec::new();
         tokio::io::AsyncReadExt::read_to_end(&mut b, &mut out)
@@ -461,9 +514,23 @@ mod tests {
     }
 
     #[test]
-    fn line_endings_are_made_crlf() {
-        assert_eq!(&*crlf(b"a\r\nb\r\n"), b"a\r\nb\r\n");
-        assert!(matches!(crlf(b"a\r\nb\r\n"), std::borrow::Cow::Borrowed(_)));
-        assert_eq!(&*crlf(b"a\nb\rc\r\n"), b"a\r\nb\r\nc\r\n");
+    fn line_endings_are_made_crlf_across_pieces() {
+        let encode = |pieces: &[&[u8]]| {
+            let mut e = DataEncoder::new();
+            let mut out = Vec::new();
+            for p in pieces {
+                e.encode(p, &mut out);
+            }
+            e.finish(&mut out);
+            out
+        };
+        assert_eq!(encode(&[b"a\r\nb\r\n"]), b"a\r\nb\r\n.\r\n");
+        assert_eq!(encode(&[b"a\nb\rc\r\n"]), b"a\r\nb\r\nc\r\n.\r\n");
+        // CR LF split between pieces, and a dot at the start of the next piece.
+        assert_eq!(encode(&[b"a\r", b"\n.b\r"]), b"a\r\n..b\r\n.\r\n");
+        let big: Vec<u8> = b".line\r\n".repeat(50_000);
+        let pieces: Vec<&[u8]> = big.chunks(4093).collect();
+        let out = encode(&pieces);
+        assert_eq!(out.len(), big.len() + 50_000 + 3);
     }
 }

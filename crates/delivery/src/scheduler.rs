@@ -1,14 +1,17 @@
 //! The delivery scheduler: reads only what is due from the queue's due-time index, runs a
-//! bounded number of deliveries at once, wakes at once when new mail is enqueued, records
-//! per-recipient results and reschedules or expires what is left.
+//! bounded number of deliveries at once, wakes at once when new mail is enqueued, hands each
+//! message's pending recipients to their sinks grouped by route, records per-recipient
+//! results and reschedules, expires and bounces what is left.
 //!
 //! Like Postfix's queue manager, it keeps a small active set in memory (the messages being
 //! delivered now) over the unbounded set on disk; the next retry time lives with the message.
+//! It knows only [`Sink`]s (where mail goes), a [`Router`] (which sink a recipient needs), a
+//! [`Bouncer`] and a [`Clock`], so it is tested with fakes of each.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -17,9 +20,7 @@ use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use crate::local::MaildirSink;
-use crate::remote::RemoteDelivery;
-use crate::sink::{Job, Outcome, Sink, SmtpReply};
+use crate::sink::{Content, Job, Outcome, Reply, Sink};
 use crate::{Route, Router};
 
 /// How the scheduler behaves.
@@ -31,8 +32,27 @@ pub struct SchedulerConfig {
     pub max_lifetime: Duration,
     /// Messages in delivery at once.
     pub concurrency: usize,
-    /// The host part of Maildir file names (our primary domain).
-    pub maildir_host: String,
+    /// Sessions to one destination at once.
+    pub sessions_per_destination: usize,
+}
+
+/// The time, in Unix seconds (a fake one in tests).
+pub trait Clock: Send + Sync + 'static {
+    /// Now.
+    fn now(&self) -> u64;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    }
 }
 
 /// Counters since start, for `smtorp status` and the logs.
@@ -46,34 +66,9 @@ pub struct Stats {
     pub failed: AtomicU64,
 }
 
-/// The delivery scheduler.
-pub struct Scheduler {
-    queue: Arc<Queue>,
-    router: Arc<dyn Router>,
-    config: SchedulerConfig,
-    wake: Arc<Notify>,
-    stats: Arc<Stats>,
-    active: Arc<Mutex<HashSet<QueueId>>>,
-    local: MaildirSink,
-    remote: Option<Arc<RemoteDelivery>>,
-    bouncer: Option<Arc<dyn Bouncer>>,
-    destinations: Arc<Mutex<HashMap<String, Destination>>>,
-}
-
-/// A handle that clears every destination's back-off (for `smtorp queue retry`).
-#[derive(Clone)]
-pub struct BackoffReset(Arc<Mutex<HashMap<String, Destination>>>);
-
-impl BackoffReset {
-    /// Forgets that any destination was down.
-    pub fn reset(&self) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clear();
-    }
-}
-
-/// What the scheduler knows about a remote destination (Postfix keeps the same per-site
-/// state): while it is down, its other messages wait with it instead of each paying a
-/// connect timeout.
+/// What the scheduler knows about a destination (Postfix keeps the same per-site state):
+/// while it is down, its other messages wait with it instead of each paying a connect
+/// timeout.
 #[derive(Debug)]
 struct Destination {
     /// Sessions to it at once.
@@ -82,20 +77,31 @@ struct Destination {
     failures: u32,
     /// Not tried again before this time (Unix seconds).
     down_until: u64,
-    /// Why it is down.
-    reason: String,
+    /// The last failure (when, and the reply), kept after it recovers, for `status`.
+    last_error: Option<(u64, Reply)>,
 }
 
-/// Sessions to one destination at once.
-const SESSIONS_PER_DESTINATION: usize = 4;
+/// What `status` shows of a destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DestinationReport {
+    /// The destination (an onion domain).
+    pub name: String,
+    /// When its last failure was (Unix seconds) and its reply.
+    pub last_error: Option<(u64, Reply)>,
+    /// Held back until this time (Unix seconds), if it is down now.
+    pub down_until: Option<u64>,
+}
 
 /// A recipient that failed for good in this attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FailedRecipient {
     /// The envelope recipient.
     pub address: String,
-    /// Why (the remote reply, or a local reason, or expiry).
-    pub reason: String,
+    /// Why: the reply of the last attempt (the peer's, or ours for a local failure).
+    pub reply: Reply,
+    /// True if it failed because the message was in the queue too long (the reply is then
+    /// that of the last attempt, usually temporary).
+    pub expired: bool,
 }
 
 /// What a bounce reports: the message and the recipients that failed.
@@ -105,8 +111,8 @@ pub struct FailureReport<'a> {
     pub envelope: &'a Envelope,
     /// The recipients that failed in this attempt.
     pub failed: &'a [FailedRecipient],
-    /// The message (its header is returned to the sender).
-    pub body: &'a [u8],
+    /// The message's header section (returned to the sender).
+    pub header: &'a [u8],
 }
 
 /// The future a [`Bouncer`] returns.
@@ -119,199 +125,259 @@ pub trait Bouncer: Send + Sync + 'static {
     fn bounce<'a>(&'a self, report: &'a FailureReport<'a>) -> BounceFuture<'a>;
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// How many due ids to read from the index at a time.
 const DUE_BATCH: usize = 256;
 /// The longest the scheduler sleeps without looking at the index.
 const MAX_IDLE: Duration = Duration::from_secs(60);
+/// How much of a message bounces return (its header section, at most this).
+const BOUNCE_HEADER: usize = 64 * 1024;
+/// How often the sinks' upkeep (e.g. closing idle cached sessions) runs.
+const UPKEEP_EVERY: Duration = Duration::from_secs(15);
 
-impl Scheduler {
-    /// A scheduler over `queue`, routing with `router`.
-    pub fn new(queue: Arc<Queue>, router: Arc<dyn Router>, config: SchedulerConfig) -> Scheduler {
-        Scheduler {
-            local: MaildirSink {
-                host: config.maildir_host.clone(),
-            },
-            queue,
-            router,
-            config,
-            wake: Arc::new(Notify::new()),
-            stats: Arc::new(Stats::default()),
-            active: Arc::new(Mutex::new(HashSet::new())),
-            remote: None,
-            bouncer: None,
-            destinations: Arc::new(Mutex::new(HashMap::new())),
+/// The parts a scheduler works with.
+pub struct Parts {
+    /// The queue.
+    pub queue: Arc<Queue>,
+    /// Where each recipient goes.
+    pub router: Arc<dyn Router>,
+    /// The sink of local routes (Maildirs).
+    pub local: Arc<dyn Sink>,
+    /// The sink of remote routes; without it, such mail waits.
+    pub remote: Option<Arc<dyn Sink>>,
+    /// Reports failures to senders; without it, failures are only logged.
+    pub bouncer: Option<Arc<dyn Bouncer>>,
+    /// The time.
+    pub clock: Arc<dyn Clock>,
+}
+
+/// The state shared by the scheduler and its handle.
+struct Shared {
+    wake: Notify,
+    stats: Stats,
+    destinations: Mutex<HashMap<String, Destination>>,
+}
+
+/// The daemon's handle on the scheduler: wake it, reset back-offs, read its counters.
+#[derive(Clone)]
+pub struct SchedulerHandle {
+    shared: Arc<Shared>,
+}
+
+impl SchedulerHandle {
+    /// Makes the scheduler look at the queue at once (after an enqueue or a retry).
+    pub fn wake(&self) {
+        self.shared.wake.notify_one();
+    }
+
+    /// Forgets that any destination was down (for `smtorp queue retry`).
+    pub fn reset_backoff(&self) {
+        let mut map = self
+            .shared
+            .destinations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for dest in map.values_mut() {
+            dest.down_until = 0;
+            dest.failures = 0;
         }
     }
 
-    /// Reports permanent failures and expiries to senders with `bouncer`.
-    pub fn with_bouncer(mut self, bouncer: Arc<dyn Bouncer>) -> Scheduler {
-        self.bouncer = Some(bouncer);
-        self
+    /// The counters since start.
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
     }
 
-    /// Delivers mail for other onion domains with `remote` (without it, such mail waits).
-    pub fn with_remote(mut self, remote: RemoteDelivery) -> Scheduler {
-        self.remote = Some(Arc::new(remote));
-        self
+    /// What is known of each destination that failed since start.
+    pub fn destinations(&self, now: u64) -> Vec<DestinationReport> {
+        let map = self
+            .shared
+            .destinations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<DestinationReport> = map
+            .iter()
+            .filter(|(_, d)| d.last_error.is_some())
+            .map(|(name, d)| DestinationReport {
+                name: name.clone(),
+                last_error: d.last_error.clone(),
+                down_until: (d.down_until > now).then_some(d.down_until),
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+}
+
+/// The delivery scheduler.
+pub struct Scheduler {
+    parts: Parts,
+    config: SchedulerConfig,
+    shared: Arc<Shared>,
+    active: Mutex<HashSet<QueueId>>,
+    /// When this scheduler started (Unix seconds): messages older than that may have been
+    /// delivered by an earlier process that could not record it.
+    started: u64,
+    /// A queue update failed since start: a recorded result may be missing.
+    unsaved: AtomicBool,
+}
+
+impl Scheduler {
+    /// A scheduler over these parts.
+    pub fn new(parts: Parts, config: SchedulerConfig) -> Scheduler {
+        let started = parts.clock.now();
+        Scheduler {
+            parts,
+            config,
+            shared: Arc::new(Shared {
+                wake: Notify::new(),
+                stats: Stats::default(),
+                destinations: Mutex::new(HashMap::new()),
+            }),
+            active: Mutex::new(HashSet::new()),
+            started,
+            unsaved: AtomicBool::new(false),
+        }
     }
 
-    /// Notify this after enqueueing to have the scheduler look at once.
-    pub fn waker(&self) -> Arc<Notify> {
-        self.wake.clone()
+    /// The handle for the rest of the daemon.
+    pub fn handle(&self) -> SchedulerHandle {
+        SchedulerHandle {
+            shared: self.shared.clone(),
+        }
     }
 
-    /// The remote deliverer, if any (for its connection counter).
-    pub fn remote(&self) -> Option<Arc<RemoteDelivery>> {
-        self.remote.clone()
-    }
-
-    /// A handle to clear the destinations' back-off.
-    pub fn backoff_reset(&self) -> BackoffReset {
-        BackoffReset(self.destinations.clone())
-    }
-
-    /// The counters.
-    pub fn stats(&self) -> Arc<Stats> {
-        self.stats.clone()
+    fn now(&self) -> u64 {
+        self.parts.clock.now()
     }
 
     /// Runs until `shutdown` turns true, then waits for deliveries in progress.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let this = Arc::new(self);
         let mut tasks = JoinSet::new();
-        let mut last_sweep = std::time::Instant::now();
+        let mut last_upkeep = std::time::Instant::now();
         loop {
             if *shutdown.borrow() {
                 break;
             }
-            if last_sweep.elapsed() >= Duration::from_secs(15) {
-                last_sweep = std::time::Instant::now();
-                if let Some(remote) = this.remote.clone() {
-                    // QUIT idle cached sessions; detached so a slow peer delays nothing.
-                    tokio::spawn(async move { remote.sweep().await });
+            if last_upkeep.elapsed() >= UPKEEP_EVERY {
+                last_upkeep = std::time::Instant::now();
+                for sink in this.sinks() {
+                    // Detached so a slow peer delays nothing.
+                    tokio::spawn(async move { sink.upkeep().await });
                 }
             }
             let mut full = false;
-            match this
-                .queue
-                .due(unix_now(), DUE_BATCH.max(this.config.concurrency * 2))
-            {
+            let limit = DUE_BATCH.max(this.config.concurrency * 2);
+            let now = this.now();
+            match this.parts.queue.call(move |q| q.due(now, limit)).await {
                 Ok(ids) => {
                     for id in ids {
                         if tasks.len() >= this.config.concurrency {
                             full = true;
                             break;
                         }
-                        let fresh = this
-                            .active
-                            .lock()
-                            .map(|mut a| a.insert(id))
-                            .unwrap_or(false);
-                        if !fresh {
+                        if !this.claim(id) {
                             continue;
                         }
                         let me = this.clone();
                         tasks.spawn(async move {
                             me.deliver_message(id).await;
-                            if let Ok(mut a) = me.active.lock() {
-                                a.remove(&id);
-                            }
+                            me.release(id);
                         });
                     }
                 }
                 Err(e) => warn!(error = %e, "cannot read the due index; retrying shortly"),
             }
-            let sleep = match this.queue.next_due() {
-                Ok(Some(t)) => Duration::from_secs(t.saturating_sub(unix_now())).min(MAX_IDLE),
+            let sleep = match this.parts.queue.call(|q| q.next_due()).await {
+                Ok(Some(t)) => Duration::from_secs(t.saturating_sub(this.now())).min(MAX_IDLE),
                 Ok(None) => MAX_IDLE,
                 Err(_) => Duration::from_secs(5),
             };
             tokio::select! {
-                _ = this.wake.notified() => {}
+                _ = this.shared.wake.notified() => {}
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 _ = tokio::time::sleep(sleep), if !full && sleep > Duration::ZERO => {}
                 _ = tokio::time::sleep(Duration::from_millis(200)), if !full && sleep == Duration::ZERO && !tasks.is_empty() => {}
                 _ = shutdown.changed() => {}
             }
         }
-        // Deliveries are short (a Maildir write); let them finish so nothing is half done.
+        // Deliveries are bounded by their own time limits; let them finish so nothing is
+        // half done.
         while tasks.join_next().await.is_some() {}
         info!("delivery scheduler stopped");
     }
 
-    async fn deliver_message(&self, id: QueueId) {
-        let (mut envelope, body) = match (self.queue.envelope(id), self.queue.body(id)) {
-            (Ok(Some(e)), Ok(Some(b))) => (e, b),
-            (Ok(None), _) | (_, Ok(None)) => return, // removed meanwhile
-            (Err(e), _) | (_, Err(e)) => {
+    fn sinks(&self) -> Vec<Arc<dyn Sink>> {
+        let mut sinks = vec![self.parts.local.clone()];
+        sinks.extend(self.parts.remote.clone());
+        sinks
+    }
+
+    fn claim(&self, id: QueueId) -> bool {
+        self.active
+            .lock()
+            .map(|mut a| a.insert(id))
+            .unwrap_or(false)
+    }
+
+    fn release(&self, id: QueueId) {
+        if let Ok(mut a) = self.active.lock() {
+            a.remove(&id);
+        }
+    }
+
+    /// One attempt at every pending recipient of message `id`: grouped by route, each group
+    /// handed to its sink; then the results recorded, the message rescheduled, expired or
+    /// bounced.
+    pub async fn deliver_message(&self, id: QueueId) {
+        let queue = &self.parts.queue;
+        let mut envelope = match queue.call(move |q| q.envelope(id)).await {
+            Ok(Some(e)) => e,
+            Ok(None) => return, // removed meanwhile
+            Err(e) => {
                 warn!(queue_id = %id, error = %e, "cannot read queued message");
                 return;
             }
         };
-        let body = Arc::new(body);
+        let content = Content::new(queue.clone(), id);
         let before: Vec<RecipientState> = envelope.recipients.iter().map(|r| r.state).collect();
-        let pending: Vec<usize> = (0..envelope.recipients.len())
-            .filter(|&i| envelope.recipients[i].state == RecipientState::Pending)
-            .collect();
-        // Local recipients one by one; remote ones in one session per destination domain.
-        let mut remote: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        let maybe_done = envelope.arrival < self.started
+            || self.unsaved.load(Ordering::SeqCst)
+            || envelope.recipients.iter().any(|r| r.attempts > 0);
+        let mut groups: Vec<(Route, Vec<usize>)> = Vec::new();
+        for (index, rcpt) in envelope.recipients.iter().enumerate() {
+            if rcpt.state != RecipientState::Pending {
+                continue;
+            }
+            let route = self.parts.router.route(&rcpt.address);
+            match groups.iter_mut().find(|(r, _)| *r == route) {
+                Some((_, indices)) => indices.push(index),
+                None => groups.push((route, vec![index])),
+            }
+        }
         let mut held_until = 0u64;
         let mut remote_delivered = false;
-        for &index in &pending {
-            let route = self.router.route(&envelope.recipients[index].address);
-            let outcome = match &route {
-                Route::Local { .. } => {
-                    let job = Job {
-                        envelope: &envelope,
-                        body: &body,
-                        recipients: &[index],
-                        route: &route,
-                    };
-                    self.local
-                        .deliver(job)
-                        .await
-                        .pop()
-                        .unwrap_or_else(|| Outcome::temporary([4, 3, 0], "no outcome"))
-                }
-                Route::Remote { domain } => {
-                    remote.entry(domain.clone()).or_default().push(index);
-                    continue;
-                }
-                Route::Unroutable(why) => Outcome::Permanent(SmtpReply::parse(why)),
+        for (route, indices) in groups {
+            let job = Job {
+                envelope: &envelope,
+                content: &content,
+                recipients: &indices,
+                route: &route,
+                maybe_done,
             };
-            self.record(&mut envelope, index, outcome);
-        }
-        for (domain, indices) in remote {
-            let outcomes = match &self.remote {
-                Some(remote) => {
-                    let route = Route::Remote { domain: domain.clone() };
-                    let job = Job { envelope: &envelope, body: &body, recipients: &indices, route: &route };
-                    self.deliver_remote(remote.as_ref(), &domain, job).await
-                }
-                None => vec![
-                    Outcome::temporary(
-                        [4, 4, 1],
-                        format!("no outbound transport for {domain} (onion service off and no static route)")
-                    );
-                    indices.len()
-                ],
-            };
+            let outcomes = self.deliver_group(job).await;
             for (index, outcome) in indices.into_iter().zip(outcomes) {
-                remote_delivered |= outcome == Outcome::Delivered;
+                if matches!(route, Route::Remote { .. }) && outcome == Outcome::Delivered {
+                    remote_delivered = true;
+                }
                 if let Outcome::Waiting(_, until) = &outcome {
                     held_until = held_until.max(*until);
                 }
                 self.record(&mut envelope, index, outcome);
             }
         }
-        self.reschedule(&mut envelope, unix_now(), held_until);
+        let now = self.now();
+        self.reschedule(&mut envelope, now, held_until);
         let failed: Vec<FailedRecipient> = envelope
             .recipients
             .iter()
@@ -319,28 +385,25 @@ impl Scheduler {
             .filter(|(r, was)| {
                 r.state == RecipientState::Failed && **was == RecipientState::Pending
             })
-            .map(|(r, _)| FailedRecipient {
-                address: r.address.clone(),
-                reason: r.last_error.clone().unwrap_or_default(),
+            .map(|(r, _)| {
+                let reply = r
+                    .last_reply
+                    .clone()
+                    .unwrap_or_else(|| Reply::new(550, [5, 0, 0], "failed"));
+                FailedRecipient {
+                    address: r.address.clone(),
+                    expired: !reply.is_permanent(),
+                    reply,
+                }
             })
             .collect();
-        if !failed.is_empty() {
-            if envelope.sender.is_empty() || envelope.origin == Origin::Bounce {
-                info!(queue_id = %id, "not bouncing a message with a null sender");
-            } else if let Some(bouncer) = &self.bouncer {
-                let report = FailureReport {
-                    envelope: &envelope,
-                    failed: &failed,
-                    body: &body,
-                };
-                if let Err(e) = bouncer.bounce(&report).await {
-                    // Keep the message as it was: it is tried (and bounced) again later.
-                    warn!(queue_id = %id, error = %e, "cannot queue the bounce; keeping the message");
-                    return;
-                }
-            }
+        if !failed.is_empty() && !self.bounce(&envelope, &failed).await {
+            // Keep the message as it was: it is tried (and bounced) again later.
+            return;
         }
-        if let Err(e) = self.queue.update(&envelope) {
+        let update = envelope.clone();
+        if let Err(e) = queue.call(move |q| q.update(&update)).await {
+            self.unsaved.store(true, Ordering::SeqCst);
             warn!(queue_id = %id, error = %e, "cannot record delivery results; will retry");
             return;
         }
@@ -348,10 +411,76 @@ impl Scheduler {
         // would send the message to the peer again. A forgotten local delivery is harmless
         // (the Maildir name finds the earlier copy), and sled's own flush follows within 2 s.
         if remote_delivered {
-            if let Err(e) = self.queue.sync().await {
+            if let Err(e) = queue.sync().await {
+                self.unsaved.store(true, Ordering::SeqCst);
                 warn!(queue_id = %id, error = %e, "cannot flush delivery results");
             }
         }
+    }
+
+    /// Sends the bounce of `failed`; false if it could not be queued.
+    async fn bounce(&self, envelope: &Envelope, failed: &[FailedRecipient]) -> bool {
+        if envelope.sender.is_empty() || envelope.origin == Origin::Bounce {
+            info!(queue_id = %envelope.id, "not bouncing a message with a null sender");
+            return true;
+        }
+        let Some(bouncer) = &self.parts.bouncer else {
+            return true;
+        };
+        let id = envelope.id;
+        let header = match self
+            .parts
+            .queue
+            .call(move |q| q.body_prefix(id, BOUNCE_HEADER))
+            .await
+        {
+            Ok(Some(prefix)) => header_of(&prefix).to_vec(),
+            Ok(None) | Err(_) => Vec::new(),
+        };
+        let report = FailureReport {
+            envelope,
+            failed,
+            header: &header,
+        };
+        match bouncer.bounce(&report).await {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(queue_id = %envelope.id, error = %e, "cannot queue the bounce; keeping the message");
+                false
+            }
+        }
+    }
+
+    /// One group: unroutable recipients fail; local ones go to the local sink; remote ones
+    /// to the remote sink, within their destination's back-off and session limit.
+    async fn deliver_group(&self, job: Job<'_>) -> Vec<Outcome> {
+        let n = job.recipients.len();
+        match job.route {
+            Route::Unroutable(reply) => vec![Outcome::Permanent(reply.clone()); n],
+            Route::Local { .. } => self.parts.local.deliver(job).await,
+            Route::Remote { domain } => match &self.parts.remote {
+                Some(remote) => self.deliver_remote(remote.as_ref(), domain, job).await,
+                None => vec![
+                    Outcome::temporary(
+                        [4, 4, 1],
+                        format!("no outbound transport for {domain} (onion service off and no static route)"),
+                    );
+                    n
+                ],
+            },
+        }
+    }
+
+    /// The wait after the `n`th failure (1-based): `retry_after[n - 1]`, the last step
+    /// repeating.
+    fn step(&self, n: u32) -> Duration {
+        let steps = &self.config.retry_after;
+        let index = (n.max(1) - 1) as usize;
+        steps
+            .get(index)
+            .or(steps.last())
+            .copied()
+            .unwrap_or(Duration::from_secs(300))
     }
 
     /// Sets the next due time of a message that still has pending recipients, or expires
@@ -368,21 +497,34 @@ impl Scheduler {
                 .iter_mut()
                 .filter(|r| r.state == RecipientState::Pending)
             {
-                let last = rcpt.last_error.take().unwrap_or_default();
-                rcpt.last_error = Some(format!(
-                    "expired after {age} s in the queue; last error: {last}"
+                let last = rcpt
+                    .last_reply
+                    .take()
+                    .unwrap_or_else(|| Reply::new(451, [4, 4, 7], "no attempt was possible"));
+                // Expired: 4.4.7 (RFC 3463), with the last attempt's words.
+                rcpt.last_reply = Some(Reply::new(
+                    last.code.max(400),
+                    [4, 4, 7],
+                    format!("expired after {age} s in the queue; last attempt: {last}"),
                 ));
                 rcpt.state = RecipientState::Failed;
-                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                self.shared.stats.failed.fetch_add(1, Ordering::Relaxed);
             }
             warn!(queue_id = %envelope.id, "expired");
             envelope.next_due = None;
             return;
         }
         let retried = envelope.recipients.iter().any(|r| {
-            r.state == RecipientState::Pending && r.last_error.is_some() && r.attempts > 0
+            r.state == RecipientState::Pending && r.last_reply.is_some() && r.attempts > 0
         });
-        let normal = now + self.retry_delay(envelope).as_secs();
+        let attempts = envelope
+            .recipients
+            .iter()
+            .filter(|r| r.state == RecipientState::Pending)
+            .map(|r| r.attempts)
+            .max()
+            .unwrap_or(1);
+        let normal = now + self.step(attempts).as_secs();
         envelope.next_due = Some(match (held_until > now, retried) {
             // Waiting only for a destination that is down: try when it may be back.
             (true, false) => held_until.min(envelope.arrival + self.config.max_lifetime.as_secs()),
@@ -391,75 +533,59 @@ impl Scheduler {
         });
     }
 
-    /// The wait before the next attempt: `retry_after[attempts - 1]`, the last one repeating.
-    fn retry_delay(&self, envelope: &Envelope) -> Duration {
-        let attempts = envelope
-            .recipients
-            .iter()
-            .filter(|r| r.state == RecipientState::Pending)
-            .map(|r| r.attempts)
-            .max()
-            .unwrap_or(1)
-            .max(1) as usize;
-        let steps = &self.config.retry_after;
-        steps
-            .get(attempts - 1)
-            .or(steps.last())
-            .copied()
-            .unwrap_or(Duration::from_secs(300))
-    }
-
     /// Delivers to one destination, honouring its back-off and session limit, and updates
     /// what we know about it.
     async fn deliver_remote(&self, remote: &dyn Sink, domain: &str, job: Job<'_>) -> Vec<Outcome> {
-        let rcpts = job.recipients;
-        let now = unix_now();
+        let n = job.recipients.len();
+        let now = self.now();
         let slots = {
-            let mut map = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
+            let mut map = self
+                .shared
+                .destinations
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             let dest = map.entry(domain.to_owned()).or_insert_with(|| Destination {
-                slots: Arc::new(Semaphore::new(SESSIONS_PER_DESTINATION)),
+                slots: Arc::new(Semaphore::new(self.config.sessions_per_destination.max(1))),
                 failures: 0,
                 down_until: 0,
-                reason: String::new(),
+                last_error: None,
             });
             if dest.down_until > now {
+                let reason = dest
+                    .last_error
+                    .as_ref()
+                    .map(|(_, r)| r.text.clone())
+                    .unwrap_or_default();
                 let why = format!(
-                    "{domain} is unreachable, next try in {} s: {}",
-                    dest.down_until - now,
-                    dest.reason
+                    "{domain} is unreachable, next try in {} s: {reason}",
+                    dest.down_until - now
                 );
-                return vec![
-                    Outcome::Waiting(SmtpReply::new(451, [4, 4, 1], why), dest.down_until);
-                    rcpts.len()
-                ];
+                return vec![Outcome::Waiting(Reply::new(451, [4, 4, 1], why), dest.down_until); n];
             }
             dest.slots.clone()
         };
         let Ok(_permit) = slots.acquire_owned().await else {
-            return vec![Outcome::temporary([4, 3, 2], "scheduler is stopping"); rcpts.len()];
+            return vec![Outcome::temporary([4, 3, 2], "scheduler is stopping"); n];
         };
         let outcomes = remote.deliver(job).await;
         let unreachable = !outcomes.is_empty() && outcomes.iter().all(Outcome::is_unreachable);
-        let mut map = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
+        let now = self.now();
+        let mut map = self
+            .shared
+            .destinations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if let Some(dest) = map.get_mut(domain) {
+            if let Some(reply) = outcomes.iter().find_map(Outcome::reply) {
+                dest.last_error = Some((now, reply.clone()));
+            }
             if !unreachable {
                 dest.failures = 0;
                 dest.down_until = 0;
             } else {
                 dest.failures = dest.failures.saturating_add(1);
-                let steps = &self.config.retry_after;
-                let wait = steps
-                    .get(dest.failures as usize - 1)
-                    .or(steps.last())
-                    .copied()
-                    .unwrap_or(Duration::from_secs(60));
-                dest.down_until = unix_now() + wait.as_secs();
-                dest.reason = match outcomes.first() {
-                    Some(
-                        Outcome::Temporary(r) | Outcome::Permanent(r) | Outcome::Waiting(r, _),
-                    ) => r.text.clone(),
-                    _ => String::new(),
-                };
+                let wait = self.step(dest.failures);
+                dest.down_until = now + wait.as_secs();
                 info!(
                     domain,
                     failures = dest.failures,
@@ -474,33 +600,49 @@ impl Scheduler {
     /// Records one attempt's outcome on the envelope.
     fn record(&self, envelope: &mut Envelope, index: usize, outcome: Outcome) {
         let id = envelope.id;
-        let rcpt = &mut envelope.recipients[index];
+        let Some(rcpt) = envelope.recipients.get_mut(index) else {
+            return;
+        };
         rcpt.attempts = rcpt.attempts.saturating_add(1);
+        let stats = &self.shared.stats;
         match outcome {
             Outcome::Delivered => {
                 rcpt.state = RecipientState::Delivered;
-                rcpt.last_error = None;
-                self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                rcpt.last_reply = None;
+                stats.delivered.fetch_add(1, Ordering::Relaxed);
                 info!(queue_id = %id, attempt = rcpt.attempts, "delivered");
                 debug!(queue_id = %id, recipient = %rcpt.address, "delivered to");
             }
             Outcome::Temporary(reply) => {
-                self.stats.deferred.fetch_add(1, Ordering::Relaxed);
+                stats.deferred.fetch_add(1, Ordering::Relaxed);
                 warn!(queue_id = %id, attempt = rcpt.attempts, reason = %reply, "deferred");
-                rcpt.last_error = Some(reply.to_string());
+                rcpt.last_reply = Some(reply);
             }
             Outcome::Waiting(reply, _) => {
                 // Not an attempt: undo the count.
                 rcpt.attempts = rcpt.attempts.saturating_sub(1);
                 debug!(queue_id = %id, reason = %reply, "waiting for the destination");
-                rcpt.last_error = Some(reply.to_string());
+                rcpt.last_reply = Some(reply);
             }
             Outcome::Permanent(reply) => {
-                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                stats.failed.fetch_add(1, Ordering::Relaxed);
                 warn!(queue_id = %id, reason = %reply, "failed permanently");
                 rcpt.state = RecipientState::Failed;
-                rcpt.last_error = Some(reply.to_string());
+                rcpt.last_reply = Some(reply);
             }
         }
     }
+}
+
+/// The header section at the start of `message` (up to and including the blank line).
+fn header_of(message: &[u8]) -> &[u8] {
+    let mut pos = 0;
+    while let Some(i) = message[pos..].iter().position(|&b| b == b'\n') {
+        let line = &message[pos..=pos + i];
+        pos += i + 1;
+        if line == b"\r\n" || line == b"\n" {
+            return &message[..pos];
+        }
+    }
+    message
 }

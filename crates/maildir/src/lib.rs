@@ -85,43 +85,103 @@ fn sync_dir(dir: &Path) -> Result<(), MaildirError> {
         .map_err(io_err(dir))
 }
 
-/// Writes `parts` to `out` with every CRLF turned into LF. A CR at the end of one part
-/// followed by an LF at the start of the next one is a CRLF too. A lone CR or LF is
+/// Writes text with every CRLF turned into LF, piece by piece: a CR at the end of one
+/// piece followed by an LF at the start of the next is a CRLF too. A lone CR or LF is
 /// written unchanged.
-fn write_lf<W: Write>(out: &mut W, parts: &[&[u8]]) -> io::Result<()> {
-    // True when the last byte seen was a CR that has not been written yet.
-    let mut pending_cr = false;
-    for part in parts {
-        let mut rest: &[u8] = part;
-        if pending_cr && !rest.is_empty() {
+struct LfWriter<W: Write> {
+    out: W,
+    /// The last byte seen was a CR that has not been written yet.
+    pending_cr: bool,
+}
+
+impl<W: Write> LfWriter<W> {
+    fn new(out: W) -> Self {
+        LfWriter {
+            out,
+            pending_cr: false,
+        }
+    }
+
+    fn push(&mut self, piece: &[u8]) -> io::Result<()> {
+        let mut rest = piece;
+        if self.pending_cr && !rest.is_empty() {
             if rest[0] != b'\n' {
-                out.write_all(b"\r")?;
+                self.out.write_all(b"\r")?;
             }
-            pending_cr = false;
+            self.pending_cr = false;
         }
         while let Some(pos) = rest.iter().position(|&b| b == b'\r') {
-            out.write_all(&rest[..pos])?;
+            self.out.write_all(&rest[..pos])?;
             match rest.get(pos + 1) {
                 // CRLF: drop the CR, the LF is written with the next chunk.
                 Some(b'\n') => rest = &rest[pos + 1..],
                 // A lone CR.
                 Some(_) => {
-                    out.write_all(b"\r")?;
+                    self.out.write_all(b"\r")?;
                     rest = &rest[pos + 1..];
                 }
-                // CR at the end of the part: decided by the next part.
+                // CR at the end of the piece: decided by the next piece.
                 None => {
-                    pending_cr = true;
+                    self.pending_cr = true;
                     rest = &[];
                 }
             }
         }
-        out.write_all(rest)?;
+        self.out.write_all(rest)
     }
-    if pending_cr {
-        out.write_all(b"\r")?;
+
+    fn finish(mut self) -> io::Result<W> {
+        if self.pending_cr {
+            self.out.write_all(b"\r")?;
+        }
+        Ok(self.out)
     }
-    Ok(())
+}
+
+/// Writes `parts` to `out` with every CRLF turned into LF (see [`LfWriter`]).
+#[cfg(test)]
+fn write_lf<W: Write>(out: &mut W, parts: &[&[u8]]) -> io::Result<()> {
+    let mut writer = LfWriter::new(out);
+    for part in parts {
+        writer.push(part)?;
+    }
+    writer.finish().map(drop)
+}
+
+/// Slices read one after the other.
+struct Parts<'a> {
+    parts: &'a [&'a [u8]],
+    /// Bytes of `parts[0]` already read.
+    offset: usize,
+}
+
+impl io::Read for Parts<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while let Some((first, rest)) = self.parts.split_first() {
+            let left = first.get(self.offset..).unwrap_or_default();
+            if left.is_empty() {
+                self.parts = rest;
+                self.offset = 0;
+                continue;
+            }
+            let n = left.len().min(buf.len());
+            buf[..n].copy_from_slice(&left[..n]);
+            self.offset += n;
+            return Ok(n);
+        }
+        Ok(0)
+    }
+}
+
+/// How much looking for an earlier copy a delivery does (see [`Maildir::deliver_from`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// Look in `new/` and `cur/` (a reader may have moved the earlier copy there and added
+    /// flags): for any delivery that may have happened before.
+    Full,
+    /// Look in `new/` only: for a delivery that cannot have happened before (its first
+    /// attempt in a process that has saved every earlier result). Saves listing `cur/`.
+    NewOnly,
 }
 
 impl Maildir {
@@ -184,12 +244,33 @@ impl Maildir {
     /// If `new/<unique>` or `cur/<unique>:2,<flags>` already exists, returns
     /// [`Delivered::AlreadyThere`] and writes nothing.
     pub fn deliver(&self, unique: &str, parts: &[&[u8]]) -> Result<Delivered, MaildirError> {
+        let (prefix, rest): (&[u8], &[&[u8]]) = match parts.split_first() {
+            Some((first, rest)) => (first, rest),
+            None => (b"", &[]),
+        };
+        let mut body = Parts {
+            parts: rest,
+            offset: 0,
+        };
+        self.deliver_from(unique, prefix, &mut body, Lookup::Full)
+    }
+
+    /// [`Maildir::deliver`] streaming: `prefix` (e.g. Return-Path and Delivered-To), then
+    /// all of `body`, read in pieces (nothing is held whole in memory). `lookup` says how
+    /// hard to look for an earlier copy.
+    pub fn deliver_from(
+        &self,
+        unique: &str,
+        prefix: &[u8],
+        body: &mut dyn io::Read,
+        lookup: Lookup,
+    ) -> Result<Delivered, MaildirError> {
         check_name(unique)?;
         self.create()?;
 
         let new_dir = self.root.join("new");
         let new_path = new_dir.join(unique);
-        if let Some(found) = self.find_existing(unique, &new_path)? {
+        if let Some(found) = self.find_existing(unique, &new_path, lookup)? {
             return Ok(Delivered::AlreadyThere(found));
         }
 
@@ -203,7 +284,7 @@ impl Maildir {
             }
             Err(e) => return Err(io_err(&tmp_path)(e)),
         };
-        if let Err(e) = write_and_sync(file, parts) {
+        if let Err(e) = write_and_sync(file, prefix, body) {
             let _ = fs::remove_file(&tmp_path);
             return Err(io_err(&tmp_path)(e));
         }
@@ -220,11 +301,15 @@ impl Maildir {
         &self,
         unique: &str,
         new_path: &Path,
+        lookup: Lookup,
     ) -> Result<Option<PathBuf>, MaildirError> {
         match fs::symlink_metadata(new_path) {
             Ok(_) => return Ok(Some(new_path.to_path_buf())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err(new_path)(e)),
+        }
+        if lookup == Lookup::NewOnly {
+            return Ok(None);
         }
         let cur_dir = self.root.join("cur");
         let prefix = format!("{unique}:");
@@ -249,11 +334,21 @@ fn open_new(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
-/// Writes the parts (CRLF -> LF) and fsyncs the file.
-fn write_and_sync(file: File, parts: &[&[u8]]) -> io::Result<()> {
-    let mut out = BufWriter::with_capacity(64 * 1024, file);
-    write_lf(&mut out, parts)?;
-    let file = out.into_inner().map_err(|e| e.into_error())?;
+/// Writes `prefix` and `body` (CRLF -> LF) in pieces and fsyncs the file.
+fn write_and_sync(file: File, prefix: &[u8], body: &mut dyn io::Read) -> io::Result<()> {
+    let mut out = LfWriter::new(BufWriter::with_capacity(64 * 1024, file));
+    out.push(prefix)?;
+    let mut piece = vec![0u8; 64 * 1024];
+    loop {
+        let n = match body.read(&mut piece) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        out.push(&piece[..n])?;
+    }
+    let file = out.finish()?.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()
 }
 
@@ -385,6 +480,33 @@ mod tests {
         // A different name sharing a prefix is not a match.
         md.deliver("u", &[b"other"]).unwrap();
         assert!(md.root().join("new/u").exists());
+    }
+
+    #[test]
+    fn streamed_delivery_and_the_cheap_lookup() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = Maildir::new(dir.path().join("M"));
+        let big: Vec<u8> = b"line\r\n".repeat(100_000);
+        let got = md
+            .deliver_from(
+                "s1",
+                b"Return-Path: <a@b>\r\n",
+                &mut &big[..],
+                Lookup::NewOnly,
+            )
+            .unwrap();
+        let path = md.root().join("new/s1");
+        assert_eq!(got, Delivered::New(path.clone()));
+        let text = fs::read(&path).unwrap();
+        assert_eq!(text.len(), 19 + 5 * 100_000);
+        assert!(text.starts_with(b"Return-Path: <a@b>\nline\nline\n"));
+        // A copy a reader moved to cur/ is found by a full lookup only.
+        fs::rename(&path, md.root().join("cur/s1:2,S")).unwrap();
+        assert!(matches!(
+            md.deliver_from("s1", b"", &mut &b"x"[..], Lookup::Full)
+                .unwrap(),
+            Delivered::AlreadyThere(_)
+        ));
     }
 
     #[test]

@@ -5,9 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use smtorp_delivery::{RemoteDelivery, Scheduler, SchedulerConfig};
+use smtorp_delivery::{
+    BounceFuture, Bouncer, FailureReport, MaildirSink, Parts, RemoteDelivery, Scheduler,
+    SchedulerConfig, SystemClock,
+};
 use smtorp_queue::{Origin, Queue};
-use smtorp_smtp::SessionKind;
+use smtorp_smtp::{SessionKind, Slots};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{watch, OnceCell};
 use tracing::{error, info, warn};
@@ -17,15 +20,33 @@ use crate::admin::Admin;
 use crate::config::layout;
 use crate::config::Settings;
 use crate::intake::bounce::DsnBouncer;
-use crate::intake::{Intake, SmtpHandler};
-use crate::listen::{serve_tcp, SessionFactory};
-use crate::local::maildrop;
+use crate::intake::space::DiskSpace;
+use crate::intake::Intake;
+use crate::listen::handler::Shared;
+use crate::listen::{serve_tcp, Guarded, SessionFactory};
+use crate::local::{maildrop, socket};
 use crate::onion;
 use crate::onion::connector::OutboundConnector;
 use crate::policy::{Directory, OnionSidePolicy};
 
 /// How long a peer may take to answer one SMTP command (RFC 5321 4.5.3.2 suggests 5 min).
 const REMOTE_COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
+/// Sessions to one destination at once.
+const SESSIONS_PER_DESTINATION: usize = 4;
+
+/// The bouncer, once the intake it queues through exists.
+struct LateBouncer(Arc<OnceCell<Arc<DsnBouncer>>>);
+
+impl Bouncer for LateBouncer {
+    fn bounce<'a>(&'a self, report: &'a FailureReport<'a>) -> BounceFuture<'a> {
+        Box::pin(async move {
+            match self.0.get() {
+                Some(bouncer) => bouncer.bounce(report).await,
+                None => Err("the bouncer is not ready yet".into()),
+            }
+        })
+    }
+}
 
 /// Opens the queue, naming the likely cause when another process holds it.
 pub fn open_queue(settings: &Settings) -> anyhow::Result<Queue> {
@@ -59,40 +80,50 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         onion_enabled,
         connect_timeout: Duration::from_secs(30),
     };
-    let remote = RemoteDelivery::new(
+    let remote = Arc::new(RemoteDelivery::new(
         Arc::new(connector),
         directory.primary_domain().to_owned(),
         REMOTE_COMMAND_TIMEOUT,
-    );
+    ));
+    // The bouncer queues through the intake, and the intake wakes the scheduler: the
+    // bouncer is set once both exist.
+    let bouncer_cell: Arc<OnceCell<Arc<DsnBouncer>>> = Arc::new(OnceCell::new());
     let scheduler = Scheduler::new(
-        queue.clone(),
-        directory.clone(),
+        Parts {
+            queue: queue.clone(),
+            router: directory.clone(),
+            local: Arc::new(MaildirSink {
+                host: directory.primary_domain().to_owned(),
+            }),
+            remote: Some(remote.clone()),
+            bouncer: Some(Arc::new(LateBouncer(bouncer_cell.clone()))),
+            clock: Arc::new(SystemClock),
+        },
         SchedulerConfig {
             retry_after: settings.retry_after.clone(),
             max_lifetime: settings.max_lifetime,
             concurrency: settings.config.delivery.concurrency,
-            maildir_host: directory.primary_domain().to_owned(),
+            sessions_per_destination: SESSIONS_PER_DESTINATION,
         },
-    )
-    .with_remote(remote);
+    );
+    let handle = scheduler.handle();
     let intake = Arc::new(Intake::new(
         queue.clone(),
         directory.clone(),
-        scheduler.waker(),
+        Arc::new(handle.clone()),
+        DiskSpace::new(&settings.queue_dir(), settings.config.smtp.min_free_space),
     ));
     let bouncer = Arc::new(DsnBouncer {
         intake: intake.clone(),
         domain: directory.primary_domain().to_owned(),
     });
-    let scheduler = scheduler.with_bouncer(bouncer.clone());
+    let _ = bouncer_cell.set(bouncer.clone());
     let service_status = Arc::new(OnceCell::new());
     let admin = Arc::new(Admin {
         queue: queue.clone(),
         bouncer,
-        waker: Some(scheduler.waker()),
-        backoff: Some(scheduler.backoff_reset()),
-        stats: Some(scheduler.stats()),
-        remote: scheduler.remote(),
+        scheduler: Some(handle),
+        remote: Some(remote),
         transport: onion_enabled.then(|| transport.clone()),
         service: onion_enabled.then(|| service_status.clone()),
         address: onion.clone(),
@@ -100,9 +131,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     });
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(scheduler.run(stop_rx.clone()));
-    tasks.spawn(maildrop::run(
-        settings.maildrop_dir(),
+    tasks.spawn(maildrop::Pickup::new(intake.clone(), directory.clone()).run(stop_rx.clone()));
+    tasks.spawn(socket::serve(
+        settings.submit_socket(),
         intake.clone(),
+        directory.clone(),
         stop_rx.clone(),
     ));
     {
@@ -119,19 +152,29 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             directory.primary_domain(),
             SessionKind::OnionSide,
         ),
-        policy: OnionSidePolicy(directory.clone()),
-        handler: Arc::new(SmtpHandler {
+        policy: Guarded {
+            rules: OnionSidePolicy(directory.clone()),
+            space: intake.space().clone(),
+        },
+        shared: Arc::new(Shared {
             intake: intake.clone(),
             origin: Origin::Smtp,
+            auth: None,
         }),
-        max_sessions: settings.config.smtp.max_sessions,
+        slots: Slots::new(settings.config.smtp.max_sessions),
+        tls: None,
     });
     for addr in &settings.smtp_listen {
         // Bound before "ready", so that a bad address fails the start.
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr} ([smtp] listen)"))?;
-        tasks.spawn(serve_tcp(listener, factory.clone(), stop_rx.clone()));
+        tasks.spawn(serve_tcp(
+            listener,
+            factory.clone(),
+            "smtp",
+            stop_rx.clone(),
+        ));
     }
     // The submission port (STARTTLS + AUTH), bound before "ready" too.
     crate::listen::submission::spawn(&settings, &directory, &intake, &mut tasks, &stop_rx).await?;

@@ -140,7 +140,7 @@ fn sendmail_main(config_path: Option<PathBuf>, args: &[String]) -> ExitCode {
     match sendmail::run(
         args,
         &directory,
-        &settings.config.privacy,
+        &settings.submit_socket(),
         &settings.maildrop_dir(),
         stdin,
     ) {

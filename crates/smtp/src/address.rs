@@ -43,10 +43,28 @@ pub struct Address {
 }
 
 impl Address {
-    /// Parses and validates `local@domain` (no angle brackets). `utf8` allows non-ASCII local
-    /// parts (SMTPUTF8). A domain ending in `.onion` must be a valid v3 onion address.
+    /// Parses and validates an address in RFC 5321 form, `local@domain` (no angle
+    /// brackets), where the local part is a dot-atom or a quoted string (`"x>y"@domain`).
+    /// `utf8` allows non-ASCII local parts (SMTPUTF8). A domain ending in `.onion` must be a
+    /// valid v3 onion address.
     pub fn parse(text: &str, utf8: bool) -> Result<Address, AddressError> {
+        if let Some(rest) = text.strip_prefix('"') {
+            let (local, after) = unquote(rest).ok_or(AddressError::Malformed)?;
+            let domain = after.strip_prefix('@').ok_or(AddressError::Malformed)?;
+            return Address::from_parts(&local, domain, utf8);
+        }
+        Address::from_unquoted(text, utf8)
+    }
+
+    /// Validates `local@domain` whose local part is already unquoted (as smtp-proto gives
+    /// it): the last `@` splits.
+    pub fn from_unquoted(text: &str, utf8: bool) -> Result<Address, AddressError> {
         let (local, domain) = text.rsplit_once('@').ok_or(AddressError::Malformed)?;
+        Address::from_parts(local, domain, utf8)
+    }
+
+    /// Validates an unquoted local part and a domain.
+    fn from_parts(local: &str, domain: &str, utf8: bool) -> Result<Address, AddressError> {
         if local.is_empty()
             || domain.is_empty()
             || local.len() > MAX_LOCAL_PART
@@ -66,12 +84,57 @@ impl Address {
     pub fn is_onion(&self) -> bool {
         self.domain.ends_with(".onion")
     }
+
+    /// The local part in RFC 5321 form: as it is when it is a dot-atom, else a quoted
+    /// string (`"x>Evil:y"`), so that no header or command line we write can be misread.
+    pub fn quoted_local_part(&self) -> std::borrow::Cow<'_, str> {
+        if is_dot_atom(&self.local_part) {
+            return std::borrow::Cow::Borrowed(&self.local_part);
+        }
+        let mut out = String::with_capacity(self.local_part.len() + 2);
+        out.push('"');
+        for c in self.local_part.chars() {
+            if c == '"' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('"');
+        std::borrow::Cow::Owned(out)
+    }
 }
 
+/// The address in RFC 5321 form (see [`Address::quoted_local_part`]).
 impl std::fmt::Display for Address {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}@{}", self.local_part, self.domain)
+        write!(f, "{}@{}", self.quoted_local_part(), self.domain)
     }
+}
+
+/// True for a dot-atom local part: atext runs (letters, digits, ``!#$%&'*+-/=?^_`{|}~``,
+/// and non-ASCII under SMTPUTF8) separated by single dots.
+fn is_dot_atom(local: &str) -> bool {
+    let atext =
+        |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || !c.is_ascii();
+    !local.is_empty()
+        && local
+            .split('.')
+            .all(|atom| !atom.is_empty() && atom.chars().all(atext))
+}
+
+/// Reads a quoted string after its opening `"`: the unescaped content and what follows the
+/// closing `"`. `None` if it is not closed.
+fn unquote(rest: &str) -> Option<(String, &str)> {
+    let mut out = String::new();
+    let mut chars = rest.char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '\\' => out.push(chars.next()?.1),
+            '"' => return Some((out, &rest[i + 1..])),
+            c => out.push(c),
+        }
+    }
+    None
 }
 
 /// Refuses local parts that could escape a mailbox directory or confuse later parsing.
@@ -329,6 +392,36 @@ mod tests {
         assert_eq!(
             Address::parse(&format!("{}@{d}", "l".repeat(65)), false),
             Err(AddressError::Malformed)
+        );
+    }
+
+    #[test]
+    fn quoted_local_parts_round_trip_in_rfc5321_form() {
+        let d = "example.org";
+        for (unquoted, wire) in [
+            ("x>Evil:y", "\"x>Evil:y\""),
+            ("<evil@x>", "\"<evil@x>\""),
+            ("a\"b", "\"a\\\"b\""),
+            ("a,b", "\"a,b\""),
+            ("plain.name+tag", "plain.name+tag"),
+        ] {
+            let a = Address::from_unquoted(&format!("{unquoted}@{d}"), false).unwrap();
+            assert_eq!(a.local_part, unquoted);
+            assert_eq!(a.to_string(), format!("{wire}@{d}"));
+            // What we write parses back to the same address.
+            assert_eq!(Address::parse(&a.to_string(), false).unwrap(), a);
+        }
+        assert_eq!(
+            Address::parse("\"unclosed@example.org", false),
+            Err(AddressError::Malformed)
+        );
+        assert_eq!(
+            Address::parse("\"a b\"@example.org", false),
+            Err(AddressError::BadLocalPart)
+        );
+        assert_eq!(
+            Address::parse("\"../etc\"@example.org", false),
+            Err(AddressError::BadLocalPart)
         );
     }
 

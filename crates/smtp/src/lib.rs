@@ -6,13 +6,16 @@
 #![doc = include_str!("../README.md")]
 
 pub mod address;
-pub mod reply;
 pub mod server;
 pub mod session;
+pub mod slots;
 #[cfg(test)]
 mod test_support;
 
 pub use address::{Address, AddressError};
-pub use reply::Reply;
 pub use server::{serve, serve_submission, Handler, MaybeTls};
 pub use session::{Credentials, Policy, Session, SessionConfig, SessionKind, Step, Transaction};
+pub use slots::{Slot, Slots};
+/// The reply type ([`smtorp_reply::Reply`]), shared with the queue and delivery.
+pub use smtorp_reply as reply;
+pub use smtorp_reply::Reply;

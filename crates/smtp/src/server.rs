@@ -1,9 +1,17 @@
 //! The thin async driver: runs a [`Session`] over any `AsyncRead + AsyncWrite` stream
 //! ([`serve`]), or over a stream that may turn into TLS at STARTTLS ([`serve_submission`]).
+//!
+//! Time limits: a whole command line must arrive within the command timeout (a client that
+//! sends a byte now and then does not hold its place longer); message text may pause for
+//! the data timeout, and once DATA has run for a while it must average the minimum data
+//! rate. With a listener [`Slot`], stress shortens both timeouts and the listener may ask
+//! an idle session to leave for a newcomer.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_rustls::server::TlsStream;
@@ -11,18 +19,41 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::reply::Reply;
 use crate::session::{Credentials, Policy, Session, Step, Transaction};
+use crate::slots::Slot;
 
 /// Size of the read buffer: one read never adds more than this to the session's input.
 const READ_BUFFER: usize = 8 * 1024;
 
-/// Where finished transactions go (the binary's one enqueue function), and who checks AUTH
+/// The longest a single write of message text may take (a hung disk must not hold a
+/// session forever).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Where messages go (the binary's one way into the queue), and who checks AUTH
 /// credentials on the submission port.
 pub trait Handler: Send + Sync {
-    /// Makes the transaction durable and returns its queue id, or the reply to give
-    /// (451 4.3.0 on a store error). Must not return before the message is on stable storage.
+    /// A message being received (e.g. a spool file and what is known of its header).
+    type Message: Send;
+
+    /// DATA is about to start: prepare where the message goes, or give the reply that
+    /// refuses it (452 4.3.1 when the disk is nearly full, 451 4.3.0 on a store error).
+    fn begin(
+        &self,
+        transaction: &Transaction,
+    ) -> impl Future<Output = Result<Self::Message, Reply>> + Send;
+
+    /// Appends message text (dot-unstuffed, CRLF line endings, in chunks of bounded size).
+    fn write(
+        &self,
+        message: &mut Self::Message,
+        text: &[u8],
+    ) -> impl Future<Output = Result<(), Reply>> + Send;
+
+    /// The message is complete: make it durable with its envelope and return its queue
+    /// id, or the reply to give. Must not return before the message is on stable storage.
     fn enqueue(
         &self,
         transaction: Transaction,
+        message: Self::Message,
     ) -> impl Future<Output = Result<String, Reply>> + Send;
 
     /// Checks AUTH credentials: the user name the session will know the client by, or the
@@ -103,20 +134,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for MaybeTls<S> {
     }
 }
 
-/// Runs `session` over `stream` until QUIT, an error limit, a timeout, EOF or `shutdown`
-/// resolving. I/O errors end the session quietly (they are returned for logging).
+/// Runs `session` over `stream` until QUIT, an error limit, a timeout, EOF, `shutdown`
+/// resolving or the listener taking back its `slot`. I/O errors end the session quietly
+/// (they are returned for logging).
 pub async fn serve<S, P, H>(
     stream: S,
     session: Session<P>,
     handler: &H,
     shutdown: impl Future<Output = ()>,
+    slot: Option<Arc<Slot>>,
 ) -> std::io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     P: Policy,
     H: Handler,
 {
-    drive(MaybeTls::Plain(stream), session, handler, None, shutdown).await
+    drive(
+        MaybeTls::Plain(stream),
+        session,
+        handler,
+        None,
+        shutdown,
+        slot,
+    )
+    .await
 }
 
 /// [`serve`] for the submission port: the session (configured with
@@ -129,6 +170,7 @@ pub async fn serve_submission<S, P, H>(
     handler: &H,
     tls: &TlsAcceptor,
     shutdown: impl Future<Output = ()>,
+    slot: Option<Arc<Slot>>,
 ) -> std::io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -141,8 +183,102 @@ where
         handler,
         Some(tls),
         shutdown,
+        slot,
     )
     .await
+}
+
+/// What the driver knows of the session's pace.
+struct Pace {
+    /// Command lines processed when the current wait started.
+    commands: u64,
+    /// When the current command wait started.
+    since: Instant,
+    /// When the DATA phase under way started.
+    data_since: Option<Instant>,
+    /// The last time message text arrived.
+    last_data: Instant,
+}
+
+/// How long the next read may wait, or what to do because time is up.
+enum Wait {
+    Read(Duration),
+    TimedOut,
+    TooSlow,
+}
+
+impl Pace {
+    fn new() -> Pace {
+        let now = Instant::now();
+        Pace {
+            commands: 0,
+            since: now,
+            data_since: None,
+            last_data: now,
+        }
+    }
+
+    /// Updates from the session and decides the next wait.
+    fn next<P: Policy>(&mut self, session: &Session<P>, slot: Option<&Arc<Slot>>) -> Wait {
+        let now = Instant::now();
+        let stressed = slot.is_some_and(|s| s.stressed());
+        let seen = session.commands_seen();
+        if seen != self.commands {
+            self.commands = seen;
+            self.since = now;
+            if let Some(slot) = slot {
+                slot.progress();
+            }
+        }
+        let limit = session.timeout_under(stressed);
+        match (session.data_received(), self.data_since) {
+            (Some(received), Some(started)) => {
+                let config = session.config();
+                let elapsed = now.duration_since(started);
+                if config.min_data_rate > 0 && elapsed >= config.min_data_rate_after {
+                    let floor = config.min_data_rate.saturating_mul(elapsed.as_secs());
+                    if received < floor {
+                        return Wait::TooSlow;
+                    }
+                }
+                let idle = now.duration_since(self.last_data);
+                if idle >= limit {
+                    return Wait::TimedOut;
+                }
+                // Wake at least every second to check the rate.
+                Wait::Read((limit - idle).min(Duration::from_secs(1)))
+            }
+            (Some(_), None) => {
+                self.data_since = Some(now);
+                self.last_data = now;
+                Wait::Read(limit.min(Duration::from_secs(1)))
+            }
+            (None, _) => {
+                self.data_since = None;
+                match limit.checked_sub(now.duration_since(self.since)) {
+                    Some(left) if !left.is_zero() => Wait::Read(left),
+                    _ => Wait::TimedOut,
+                }
+            }
+        }
+    }
+
+    /// Bytes arrived.
+    fn received<P: Policy>(&mut self, session: &Session<P>, slot: Option<&Arc<Slot>>) {
+        if session.in_data() {
+            self.last_data = Instant::now();
+            if let Some(slot) = slot {
+                slot.progress();
+            }
+        }
+    }
+}
+
+/// Marks the slot busy while the driver serves the session (never evicted meanwhile).
+fn busy(slot: Option<&Arc<Slot>>, on: bool) {
+    if let Some(slot) = slot {
+        slot.set_busy(on);
+    }
 }
 
 /// The loop behind [`serve`] and [`serve_submission`].
@@ -152,6 +288,7 @@ async fn drive<S, P, H>(
     handler: &H,
     tls: Option<&TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
+    slot: Option<Arc<Slot>>,
 ) -> std::io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -160,36 +297,98 @@ where
 {
     let mut shutdown = std::pin::pin!(shutdown);
     let mut shutdown_seen = false;
+    let mut evicted_seen = false;
     let mut buf = vec![0u8; READ_BUFFER];
+    let mut message: Option<H::Message> = None;
+    let mut pace = Pace::new();
+    let slot = slot.as_ref();
     loop {
         match session.step() {
             Step::NeedInput => {
-                write_output(&mut stream, &mut session).await?;
-                let idle = session.timeout();
+                write_output(&mut stream, &mut session, slot).await?;
+                let wait = match pace.next(&session, slot) {
+                    Wait::Read(wait) => wait,
+                    Wait::TimedOut => {
+                        session.timed_out();
+                        continue;
+                    }
+                    Wait::TooSlow => {
+                        tracing::debug!("client below the minimum data rate");
+                        session.too_slow();
+                        continue;
+                    }
+                };
+                let evicted = async {
+                    match slot {
+                        Some(slot) => slot.evicted().await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     biased;
                     () = &mut shutdown, if !shutdown_seen => {
                         shutdown_seen = true;
                         session.shutting_down();
                     }
-                    read = tokio::time::timeout(idle, stream.read(&mut buf)) => match read {
-                        Err(_elapsed) => session.timed_out(),
+                    () = evicted, if !evicted_seen => {
+                        evicted_seen = true;
+                        session.evicted();
+                    }
+                    read = tokio::time::timeout(wait, stream.read(&mut buf)) => match read {
+                        Err(_elapsed) => {} // time limits are checked at the top
                         Ok(Ok(0)) => {
                             tracing::debug!("client closed the connection");
                             return Ok(());
                         }
-                        Ok(Ok(n)) => session.receive(buf.get(..n).unwrap_or_default()),
+                        Ok(Ok(n)) => {
+                            session.receive(buf.get(..n).unwrap_or_default());
+                            pace.received(&session, slot);
+                        }
                         Ok(Err(error)) => return Err(error),
                     },
                 }
             }
+            Step::StartData(transaction) => {
+                busy(slot, true);
+                let outcome = handler.begin(&transaction).await;
+                busy(slot, false);
+                session.data_started(match outcome {
+                    Ok(started) => {
+                        message = Some(started);
+                        Ok(())
+                    }
+                    Err(reply) => Err(reply),
+                });
+            }
+            Step::Write(text) => {
+                let outcome = match message.as_mut() {
+                    Some(m) => {
+                        match tokio::time::timeout(WRITE_TIMEOUT, handler.write(m, &text)).await {
+                            Ok(outcome) => outcome,
+                            Err(_) => Err(Reply::new(
+                                451,
+                                [4, 3, 0],
+                                "Error: writing the message took too long, try again later",
+                            )),
+                        }
+                    }
+                    None => Err(Reply::new(451, [4, 3, 0], "Error: no message in progress")),
+                };
+                session.written(outcome);
+            }
+            Step::DiscardData => message = None,
             Step::Enqueue(transaction) => {
                 // Never raced against shutdown: an enqueue always runs to completion.
-                let outcome = handler.enqueue(transaction).await;
+                busy(slot, true);
+                let outcome = match message.take() {
+                    Some(m) => handler.enqueue(transaction, m).await,
+                    None => Err(Reply::new(451, [4, 3, 0], "Error: no message in progress")),
+                };
+                busy(slot, false);
                 session.enqueued(outcome);
             }
             Step::StartTls => {
-                write_output(&mut stream, &mut session).await?;
+                write_output(&mut stream, &mut session, slot).await?;
                 let (Some(acceptor), MaybeTls::Plain(plain)) =
                     (tls, std::mem::replace(&mut stream, MaybeTls::Upgrading))
                 else {
@@ -197,7 +396,8 @@ where
                     return Err(std::io::Error::other("STARTTLS without TLS configuration"));
                 };
                 let handshake = acceptor.accept(plain);
-                match tokio::time::timeout(session.timeout(), handshake).await {
+                let limit = session.timeout_under(slot.is_some_and(|s| s.stressed()));
+                match tokio::time::timeout(limit, handshake).await {
                     Ok(Ok(tls_stream)) => {
                         stream = MaybeTls::Tls(Box::new(tls_stream));
                         session.tls_started();
@@ -216,14 +416,16 @@ where
             }
             Step::Authenticate(credentials) => {
                 // Never raced against shutdown, like an enqueue.
+                busy(slot, true);
                 let outcome = handler.authenticate(credentials).await;
                 if outcome.is_err() {
                     tokio::time::sleep(session.auth_failure_delay()).await;
                 }
+                busy(slot, false);
                 session.authenticated(outcome);
             }
             Step::Close => {
-                write_output(&mut stream, &mut session).await?;
+                write_output(&mut stream, &mut session, slot).await?;
                 // The peer may already be gone; nothing more to say either way.
                 let _ = stream.shutdown().await;
                 return Ok(());
@@ -232,9 +434,13 @@ where
     }
 }
 
-/// Writes the pending output, bounded by the session's idle timeout (a client that never
-/// reads cannot hold us forever).
-async fn write_output<S, P>(stream: &mut S, session: &mut Session<P>) -> std::io::Result<()>
+/// Writes the pending output, bounded by the session's timeout (a client that never reads
+/// cannot hold us forever).
+async fn write_output<S, P>(
+    stream: &mut S,
+    session: &mut Session<P>,
+    slot: Option<&Arc<Slot>>,
+) -> std::io::Result<()>
 where
     S: AsyncWrite + Unpin,
     P: Policy,
@@ -247,7 +453,8 @@ where
         stream.write_all(&output).await?;
         stream.flush().await
     };
-    match tokio::time::timeout(session.timeout(), write).await {
+    let limit = session.timeout_under(slot.is_some_and(|s| s.stressed()));
+    match tokio::time::timeout(limit, write).await {
         Ok(result) => result,
         Err(_elapsed) => Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
@@ -270,22 +477,34 @@ mod tests {
     use crate::session::SessionConfig;
     use crate::test_support::{config, TestPolicy, DOMAIN};
 
-    /// Records transactions; optionally waits for a go-ahead before answering.
+    /// Records transactions and their text; optionally waits for a go-ahead before
+    /// answering.
     #[derive(Default)]
     struct TestHandler {
-        got: Mutex<Vec<Transaction>>,
+        got: Mutex<Vec<(Transaction, Vec<u8>)>>,
         started: Notify,
         gate: Option<Arc<Notify>>,
     }
 
     impl Handler for TestHandler {
-        async fn enqueue(&self, transaction: Transaction) -> Result<String, Reply> {
+        type Message = Vec<u8>;
+
+        async fn begin(&self, _transaction: &Transaction) -> Result<Vec<u8>, Reply> {
+            Ok(Vec::new())
+        }
+
+        async fn write(&self, message: &mut Vec<u8>, text: &[u8]) -> Result<(), Reply> {
+            message.extend_from_slice(text);
+            Ok(())
+        }
+
+        async fn enqueue(&self, transaction: Transaction, text: Vec<u8>) -> Result<String, Reply> {
             self.started.notify_one();
             if let Some(gate) = &self.gate {
                 gate.notified().await;
             }
             let mut got = self.got.lock().unwrap();
-            got.push(transaction);
+            got.push((transaction, text));
             Ok(format!("Q{}", got.len()))
         }
     }
@@ -344,7 +563,7 @@ mod tests {
             let shutdown = async move {
                 let _ = stop_rx.await;
             };
-            serve(server, session, &*handler, shutdown).await
+            serve(server, session, &*handler, shutdown, None).await
         });
         (
             Client {
@@ -380,13 +599,15 @@ mod tests {
         let got = handler.got.lock().unwrap();
         assert_eq!(
             *got,
-            vec![Transaction {
-                helo: "client.example".into(),
-                sender: "carol@example.org".into(),
-                recipients: vec![format!("alice@{}", *DOMAIN)],
-                data: b"Subject: test\r\n\r\n.dot\r\n".to_vec(),
-                auth_user: None,
-            }]
+            vec![(
+                Transaction {
+                    helo: "client.example".into(),
+                    sender: "carol@example.org".into(),
+                    recipients: vec![format!("alice@{}", *DOMAIN)],
+                    auth_user: None,
+                },
+                b"Subject: test\r\n\r\n.dot\r\n".to_vec()
+            )]
         );
     }
 
@@ -503,7 +724,17 @@ mod tests {
     struct AuthHandler;
 
     impl Handler for AuthHandler {
-        async fn enqueue(&self, transaction: Transaction) -> Result<String, Reply> {
+        type Message = ();
+
+        async fn begin(&self, _transaction: &Transaction) -> Result<(), Reply> {
+            Ok(())
+        }
+
+        async fn write(&self, _message: &mut (), _text: &[u8]) -> Result<(), Reply> {
+            Ok(())
+        }
+
+        async fn enqueue(&self, transaction: Transaction, _message: ()) -> Result<String, Reply> {
             assert_eq!(transaction.auth_user.as_deref(), Some("alice"));
             Ok("S1".into())
         }
@@ -553,6 +784,7 @@ mod tests {
                 &AuthHandler,
                 &acceptor,
                 std::future::pending(),
+                None,
             )
             .await
         });
@@ -616,6 +848,7 @@ mod tests {
             Session::new(config(), TestPolicy),
             &handler,
             async {},
+            None,
         );
         assert_send(&fut);
         let (_client, server) = tokio::io::duplex(1024);
@@ -626,6 +859,7 @@ mod tests {
             &handler,
             &acceptor,
             async {},
+            None,
         );
         assert_send(&fut);
     }

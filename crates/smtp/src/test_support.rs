@@ -55,6 +55,18 @@ pub struct Dialogue {
     pub session: Session<TestPolicy>,
     /// Transactions handed out by `Step::Enqueue`.
     pub enqueued: Vec<Transaction>,
+    /// The text of each enqueued message (what `Step::Write` handed out for it).
+    pub messages: Vec<Vec<u8>>,
+    /// The text of the message being received.
+    pub current: Option<Vec<u8>>,
+    /// Messages dropped by `Step::DiscardData`.
+    pub discarded: usize,
+    /// Largest chunk handed out by `Step::Write`.
+    pub largest_write: usize,
+    /// What `data_started` is told; `None` gives `Ok(())`.
+    pub begin_outcome: Option<Result<(), Reply>>,
+    /// What `written` is told; `None` gives `Ok(())`.
+    pub write_outcome: Option<Result<(), Reply>>,
     /// What `enqueued` is told; `None` gives `Ok("Q<n>")`.
     pub enqueue_outcome: Option<Result<String, Reply>>,
     /// The session said `Close`.
@@ -79,6 +91,12 @@ impl Dialogue {
         let mut d = Dialogue {
             session: Session::new(config, TestPolicy),
             enqueued: Vec::new(),
+            messages: Vec::new(),
+            current: None,
+            discarded: 0,
+            largest_write: 0,
+            begin_outcome: None,
+            write_outcome: None,
             enqueue_outcome: None,
             closed: false,
             writes: Vec::new(),
@@ -110,7 +128,27 @@ impl Dialogue {
                     self.writes.push(out);
                     break;
                 }
+                Step::StartData(_) => {
+                    let outcome = self.begin_outcome.clone().unwrap_or(Ok(()));
+                    if outcome.is_ok() {
+                        self.current = Some(Vec::new());
+                    }
+                    self.session.data_started(outcome);
+                }
+                Step::Write(text) => {
+                    self.largest_write = self.largest_write.max(text.len());
+                    let message = self.current.as_mut().expect("a write without a message");
+                    message.extend_from_slice(&text);
+                    let outcome = self.write_outcome.clone().unwrap_or(Ok(()));
+                    self.session.written(outcome);
+                }
+                Step::DiscardData => {
+                    self.current = None;
+                    self.discarded += 1;
+                }
                 Step::Enqueue(tx) => {
+                    let text = self.current.take().expect("an enqueue without a message");
+                    self.messages.push(text);
                     self.enqueued.push(tx);
                     let outcome = self
                         .enqueue_outcome
@@ -151,11 +189,23 @@ impl Dialogue {
         String::from_utf8_lossy(&all).into_owned()
     }
 
-    /// Feeds raw bytes, drives, returns the output.
+    /// Feeds raw bytes as the driver does (reads of at most 8 KiB, stepping after each),
+    /// returns the output.
     pub fn send(&mut self, bytes: impl AsRef<[u8]>) -> String {
         assert!(!self.closed, "session already closed");
-        self.session.receive(bytes.as_ref());
-        self.drive()
+        let bytes = bytes.as_ref();
+        if bytes.is_empty() {
+            return self.drive();
+        }
+        let mut out = String::new();
+        for piece in bytes.chunks(8 * 1024) {
+            if self.closed {
+                break;
+            }
+            self.session.receive(piece);
+            out += &self.drive();
+        }
+        out
     }
 
     /// Sends `line` + CRLF and checks that the one reply starts with `expect`

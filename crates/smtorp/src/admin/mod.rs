@@ -10,11 +10,11 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use smtorp_delivery::{
-    BackoffReset, Bouncer, FailedRecipient, FailureReport, RemoteDelivery, Stats,
+    Bouncer, FailedRecipient, FailureReport, RemoteDelivery, Reply, SchedulerHandle, Stats,
 };
 use smtorp_onion::{OnionTransport, ServiceStatus};
 use smtorp_queue::{Envelope, Origin, Queue, QueueId, RecipientState};
-use tokio::sync::{Notify, OnceCell};
+use tokio::sync::OnceCell;
 use tracing::info;
 
 use crate::intake::bounce::DsnBouncer;
@@ -93,6 +93,13 @@ pub struct StatusReport {
     pub failed_since_start: Option<u64>,
     /// Outbound SMTP connections opened since start (daemon only).
     pub connections_since_start: Option<u64>,
+    /// False while the queue's store does not answer (a full disk, a hung device).
+    #[serde(default = "yes")]
+    pub queue_available: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Runs administrative requests against a queue.
@@ -101,12 +108,8 @@ pub struct Admin {
     pub queue: Arc<Queue>,
     /// Bounces for `queue delete`.
     pub bouncer: Arc<DsnBouncer>,
-    /// Wakes the scheduler after a retry (daemon only).
-    pub waker: Option<Arc<Notify>>,
-    /// Clears the destinations' back-off on a retry (daemon only).
-    pub backoff: Option<BackoffReset>,
-    /// Delivery counters (daemon only).
-    pub stats: Option<Arc<Stats>>,
+    /// The delivery scheduler: wake-up, back-offs, counters (daemon only).
+    pub scheduler: Option<SchedulerHandle>,
     /// The remote deliverer, for its connection counter (daemon only).
     pub remote: Option<Arc<RemoteDelivery>>,
     /// The Tor client, once bootstrapped (daemon only).
@@ -124,63 +127,77 @@ fn parse_id(text: &str) -> Result<QueueId, String> {
 }
 
 impl Admin {
-    fn envelope(&self, id: QueueId) -> Result<Envelope, String> {
+    async fn envelope(&self, id: QueueId) -> Result<Envelope, String> {
         self.queue
-            .envelope(id)
+            .call(move |q| q.envelope(id))
+            .await
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("no message {id} in the queue"))
     }
 
-    /// Executes one request.
+    /// Executes one request. Store calls are bounded in time: a stuck store gives an error,
+    /// never a hang.
     pub async fn execute(&self, request: Request) -> Result<Answer, String> {
+        let queue = &self.queue;
         match request {
-            Request::QueueList => self
-                .queue
-                .list()
+            Request::QueueList => queue
+                .call(|q| q.list())
+                .await
                 .map(Answer::Envelopes)
                 .map_err(|e| e.to_string()),
             Request::QueueShow { id } => {
-                let envelope = self.envelope(parse_id(&id)?)?;
-                let body = self
-                    .queue
-                    .body(envelope.id)
+                let envelope = self.envelope(parse_id(&id)?).await?;
+                let id = envelope.id;
+                let prefix = queue
+                    .call(move |q| q.body_prefix(id, 64 * 1024))
+                    .await
                     .map_err(|e| e.to_string())?
                     .unwrap_or_default();
-                let header = String::from_utf8_lossy(split_header(&body).0).into_owned();
+                let header = String::from_utf8_lossy(split_header(&prefix).0).into_owned();
                 Ok(Answer::Message { envelope, header })
             }
             Request::QueueRetry { id } => {
                 let targets = match id {
-                    Some(id) => vec![self.envelope(parse_id(&id)?)?],
-                    None => self.queue.list().map_err(|e| e.to_string())?,
+                    Some(id) => vec![self.envelope(parse_id(&id)?).await?],
+                    None => queue.call(|q| q.list()).await.map_err(|e| e.to_string())?,
                 };
                 let now = unix_now();
-                let mut count = 0;
-                for mut envelope in targets.into_iter().filter(Envelope::has_pending) {
-                    envelope.next_due = Some(now);
-                    self.queue.update(&envelope).map_err(|e| e.to_string())?;
-                    count += 1;
-                }
-                self.queue.sync().await.map_err(|e| e.to_string())?;
-                if let Some(backoff) = &self.backoff {
-                    backoff.reset();
-                }
-                if let Some(waker) = &self.waker {
-                    waker.notify_one();
+                let due: Vec<Envelope> = targets
+                    .into_iter()
+                    .filter(Envelope::has_pending)
+                    .map(|mut envelope| {
+                        envelope.next_due = Some(now);
+                        envelope
+                    })
+                    .collect();
+                let count = due.len();
+                queue
+                    .call(move |q| due.iter().try_for_each(|e| q.update(e)))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                queue.sync().await.map_err(|e| e.to_string())?;
+                if let Some(scheduler) = &self.scheduler {
+                    scheduler.reset_backoff();
+                    scheduler.wake();
                 }
                 info!(count, "queue retry: messages made due now");
                 Ok(Answer::Count(count))
             }
             Request::QueueDelete { id, silent } => {
                 let id = parse_id(&id)?;
-                let envelope = self.envelope(id)?;
+                let envelope = self.envelope(id).await?;
                 let failed: Vec<FailedRecipient> = envelope
                     .recipients
                     .iter()
                     .filter(|r| r.state == RecipientState::Pending)
                     .map(|r| FailedRecipient {
                         address: r.address.clone(),
-                        reason: "5.0.0 deleted from the queue by the administrator".into(),
+                        reply: Reply::new(
+                            550,
+                            [5, 0, 0],
+                            "deleted from the queue by the administrator",
+                        ),
+                        expired: false,
                     })
                     .collect();
                 let bounce = !silent
@@ -188,29 +205,34 @@ impl Admin {
                     && !envelope.sender.is_empty()
                     && envelope.origin != Origin::Bounce;
                 if bounce {
-                    let body = self
-                        .queue
-                        .body(id)
+                    let prefix = queue
+                        .call(move |q| q.body_prefix(id, 64 * 1024))
+                        .await
                         .map_err(|e| e.to_string())?
                         .unwrap_or_default();
                     let report = FailureReport {
                         envelope: &envelope,
                         failed: &failed,
-                        body: &body,
+                        header: split_header(&prefix).0,
                     };
                     self.bouncer.bounce(&report).await?;
                 }
-                let removed = self.queue.remove(id).map_err(|e| e.to_string())?;
-                self.queue.sync().await.map_err(|e| e.to_string())?;
+                let removed = queue
+                    .call(move |q| q.remove(id))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                queue.sync().await.map_err(|e| e.to_string())?;
                 info!(queue_id = %id, bounced = bounce, "deleted from the queue");
                 Ok(Answer::Count(usize::from(removed)))
             }
-            Request::Status => Ok(Answer::Status(self.status())),
+            Request::Status => Ok(Answer::Status(self.status().await)),
         }
     }
 
-    fn status(&self) -> StatusReport {
-        let list = self.queue.list().unwrap_or_default();
+    async fn status(&self) -> StatusReport {
+        let listed = self.queue.call(|q| q.list()).await;
+        let queue_available = listed.is_ok();
+        let list = listed.unwrap_or_default();
         let pending = list
             .iter()
             .flat_map(|e| &e.recipients)
@@ -223,9 +245,9 @@ impl Admin {
             }
         });
         let count = |f: fn(&Stats) -> &std::sync::atomic::AtomicU64| {
-            self.stats
+            self.scheduler
                 .as_ref()
-                .map(|s| f(s).load(std::sync::atomic::Ordering::Relaxed))
+                .map(|s| f(s.stats()).load(std::sync::atomic::Ordering::Relaxed))
         };
         StatusReport {
             daemon_running: self.started.is_some(),
@@ -246,6 +268,7 @@ impl Admin {
             deferred_since_start: count(|s| &s.deferred),
             failed_since_start: count(|s| &s.failed),
             connections_since_start: self.remote.as_ref().map(|r| r.connections_opened()),
+            queue_available,
         }
     }
 }

@@ -30,6 +30,7 @@ pub fn run(settings: &Arc<Settings>, request: Request) -> anyhow::Result<Answer>
         queue.clone(),
         directory.clone(),
         Arc::new(tokio::sync::Notify::new()),
+        crate::intake::space::DiskSpace::new(&settings.queue_dir(), 0),
     ));
     let admin = Admin {
         queue,
@@ -37,9 +38,7 @@ pub fn run(settings: &Arc<Settings>, request: Request) -> anyhow::Result<Answer>
             intake,
             domain: directory.primary_domain().to_owned(),
         }),
-        waker: None,
-        backoff: None,
-        stats: None,
+        scheduler: None,
         remote: None,
         transport: None,
         service: None,
@@ -87,7 +86,7 @@ pub fn format_line(env: &Envelope, now: u64) -> String {
     let recipients: Vec<String> = env
         .recipients
         .iter()
-        .map(|r| match &r.last_error {
+        .map(|r| match &r.last_reply {
             Some(e) => format!(
                 "{} ({}, {} attempts: {e})",
                 r.address,
@@ -144,7 +143,7 @@ pub fn print(answer: Answer) -> anyhow::Result<()> {
                     r.address,
                     state(r.state),
                     r.attempts,
-                    r.last_error
+                    r.last_reply
                         .as_ref()
                         .map(|e| format!(": {e}"))
                         .unwrap_or_default()

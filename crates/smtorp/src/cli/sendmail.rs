@@ -9,13 +9,14 @@
 //! null sender). Other classic options (`-oem`, `-odi`, `-F`, `-v`, `-B`, `-N`, ...) are
 //! accepted and ignored, as Postfix does.
 
-use std::io::BufRead;
+use std::io::{BufRead, Read, Write};
+use std::path::Path;
+use std::time::Duration;
 
 use smtorp_smtp::Address;
 
-use crate::config::PrivacyConfig;
 use crate::intake::headers;
-use crate::local::maildrop::{self, DropEnvelope};
+use crate::local::{self, maildrop, Answer, Request};
 use crate::policy::{self, Directory, Side};
 
 /// sysexits.h codes sendmail callers understand.
@@ -28,6 +29,10 @@ pub mod exit {
     pub const NOUSER: i32 = 67;
     /// Cannot write to the maildrop.
     pub const CANTCREAT: i32 = 73;
+    /// Try again later (the daemon said so: a full disk, an unavailable queue).
+    pub const TEMPFAIL: i32 = 75;
+    /// Not allowed (this user may not submit, or not with this sender).
+    pub const NOPERM: i32 = 77;
 }
 
 /// A failure with the exit code sendmail callers expect.
@@ -179,29 +184,55 @@ fn check_recipient(directory: &Directory, rcpt: &str) -> Result<String, Sendmail
     Ok(address.to_string())
 }
 
-/// The login name of the caller, for the default sender.
-fn login_name() -> String {
-    ["LOGNAME", "USER"]
-        .iter()
-        .filter_map(|v| std::env::var(v).ok())
-        .find(|v| {
-            !v.is_empty()
-                && v.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-        })
-        .unwrap_or_else(|| "root".into())
+/// How the daemon answered, as the caller's exit status.
+fn exit_of(answer: Answer) -> Result<String, SendmailError> {
+    match answer {
+        Answer::Queued(id) => Ok(id),
+        Answer::Deferred(text) => Err(fail(exit::TEMPFAIL, text)),
+        Answer::Refused(text) if text.starts_with("553") => Err(fail(exit::NOPERM, text)),
+        Answer::Refused(text) if text.starts_with("550") => Err(fail(exit::NOUSER, text)),
+        Answer::Refused(text) => Err(fail(exit::DATAERR, text)),
+    }
 }
 
-pub use crate::intake::privacy::complete_header;
+/// Hands the message to the daemon over `socket`. `Ok(None)`: no daemon listens (or the
+/// answer was lost): the caller writes the maildrop file instead, with the same token.
+fn via_socket(
+    socket: &Path,
+    request: &Request,
+    message: &[u8],
+) -> Result<Option<String>, SendmailError> {
+    let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket) else {
+        return Ok(None);
+    };
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(120)));
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(600)));
+    // A write error may mean the daemon refused early: read its answer all the same.
+    let _ = stream
+        .write_all(&local::request_lines(request))
+        .and_then(|()| stream.write_all(message))
+        .and_then(|()| stream.shutdown(std::net::Shutdown::Write));
+    let mut line = Vec::new();
+    let _ = std::io::BufReader::new(&mut stream)
+        .take(64 * 1024)
+        .read_until(b'\n', &mut line);
+    match serde_json::from_slice::<Answer>(&line) {
+        Ok(answer) => exit_of(answer).map(Some),
+        // No answer: the daemon went away. The maildrop file carries the same token, so
+        // the message is queued once whatever happened.
+        Err(_) => Ok(None),
+    }
+}
 
-/// The whole command: parse, read stdin, check, complete, write to the maildrop.
+/// The whole command: parse, read stdin, check, hand over (socket, else maildrop). Returns
+/// the queue id, or the path of the maildrop file.
 pub fn run(
     args: &[String],
     directory: &Directory,
-    privacy: &PrivacyConfig,
-    maildrop_dir: &std::path::Path,
+    submit_socket: &Path,
+    maildrop_dir: &Path,
     stdin: impl BufRead,
-) -> Result<std::path::PathBuf, SendmailError> {
+) -> Result<String, SendmailError> {
     let options = parse_args(args)?;
     let raw = read_message(stdin, options.ignore_dots)
         .map_err(|e| fail(exit::DATAERR, format!("cannot read the message: {e}")))?;
@@ -230,30 +261,34 @@ pub fn run(
         }
     }
     let sender = match options.from {
-        Some(from) if from.is_empty() => String::new(),
-        Some(from) if from.contains('@') => from,
-        Some(from) => format!("{from}@{}", directory.primary_domain()),
-        None => format!("{}@{}", login_name(), directory.primary_domain()),
+        Some(from) if from.is_empty() => Some(String::new()),
+        Some(from) if from.contains('@') => Some(from),
+        Some(from) => Some(format!("{from}@{}", directory.primary_domain())),
+        None => None,
     };
-    if !sender.is_empty() {
-        Address::parse(&sender, true)
+    if let Some(sender) = sender.as_deref().filter(|s| !s.is_empty()) {
+        Address::parse(sender, true)
             .map_err(|e| fail(exit::DATAERR, format!("sender {sender}: {e}")))?;
     }
-    let message = crate::intake::privacy::clean_submitted(
-        &message,
-        &sender,
-        directory.primary_domain(),
-        privacy,
-    );
-    maildrop::write(maildrop_dir, &DropEnvelope { sender, recipients }, &message).map_err(|e| {
-        fail(
-            exit::CANTCREAT,
-            format!(
-                "cannot write to the maildrop {}: {e}",
-                maildrop_dir.display()
-            ),
-        )
-    })
+    let request = Request {
+        sender,
+        recipients,
+        token: local::new_token(),
+    };
+    if let Some(id) = via_socket(submit_socket, &request, &message)? {
+        return Ok(id);
+    }
+    maildrop::write(maildrop_dir, &request, &message)
+        .map(|path| path.display().to_string())
+        .map_err(|e| {
+            fail(
+                exit::CANTCREAT,
+                format!(
+                    "cannot write to the maildrop {}: {e}",
+                    maildrop_dir.display()
+                ),
+            )
+        })
 }
 
 #[cfg(test)]

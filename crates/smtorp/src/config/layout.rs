@@ -3,7 +3,10 @@
 //! ```text
 //! <data_dir>/            0711  the daemon's home
 //!   queue/               0700  the sled queue
-//!   maildrop/            1733  `smtorp sendmail` drops messages here (sticky, not listable)
+//!   maildrop/            1733  `smtorp sendmail` drops messages here when the daemon does not
+//!                              run (sticky, not listable)
+//!   rejected/            0700  maildrop files that could not be queued, for the administrator
+//!   submit.sock          0666  `smtorp sendmail` hands messages to the running daemon here
 //!   mail/<user>/         0700  default Maildirs ([local] maildir)
 //!   control.sock         0600  the running daemon's control socket
 //!   onion/hostname             our onion address, once the onion service has keys
@@ -36,7 +39,10 @@ pub fn create(settings: &Settings) -> anyhow::Result<Vec<PathBuf>> {
     if !drop_dir.exists() {
         created.push(drop_dir.clone());
     }
-    maildrop::create_dir(&drop_dir)
+    if !settings.rejected_dir().exists() {
+        created.push(settings.rejected_dir());
+    }
+    maildrop::create_dirs(&drop_dir, &settings.rejected_dir())
         .with_context(|| format!("cannot create {}", drop_dir.display()))?;
     for user in &settings.config.local.users {
         let maildir = settings.maildir_of(user);

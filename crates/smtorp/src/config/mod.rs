@@ -94,6 +94,14 @@ pub struct SmtpConfig {
     pub command_timeout: String,
     /// Idle time allowed while reading DATA.
     pub data_timeout: String,
+    /// `command_timeout` once three quarters of a listener's sessions are taken.
+    pub stress_command_timeout: String,
+    /// `data_timeout` under stress.
+    pub stress_data_timeout: String,
+    /// Lowest average rate of message text, bytes per second, after 30 s of DATA (0: none).
+    pub min_data_rate: u64,
+    /// Free space (bytes) the queue's disk keeps: below it (plus SIZE=), new mail gets 452.
+    pub min_free_space: u64,
 }
 
 impl Default for SmtpConfig {
@@ -106,6 +114,10 @@ impl Default for SmtpConfig {
             max_errors: 10,
             command_timeout: "5m".into(),
             data_timeout: "10m".into(),
+            stress_command_timeout: "10s".into(),
+            stress_data_timeout: "30s".into(),
+            min_data_rate: 1024,
+            min_free_space: 64 * 1024 * 1024,
         }
     }
 }
@@ -144,6 +156,9 @@ pub struct LocalConfig {
     pub aliases: BTreeMap<String, String>,
     /// Maildir of each user; `{data_dir}` and `{user}` are replaced.
     pub maildir: String,
+    /// System users who may submit with any envelope sender through `sendmail` (besides
+    /// root and the daemon's own user); everyone else sends as themselves.
+    pub trusted_submitters: Vec<String>,
 }
 
 impl Default for LocalConfig {
@@ -153,6 +168,7 @@ impl Default for LocalConfig {
             users: Vec::new(),
             aliases: BTreeMap::new(),
             maildir: "{data_dir}/mail/{user}".into(),
+            trusted_submitters: Vec::new(),
         }
     }
 }
@@ -262,6 +278,10 @@ pub struct Settings {
     pub command_timeout: Duration,
     /// `[smtp] data_timeout`.
     pub data_timeout: Duration,
+    /// `[smtp] stress_command_timeout`.
+    pub stress_command_timeout: Duration,
+    /// `[smtp] stress_data_timeout`.
+    pub stress_data_timeout: Duration,
     /// `[smtp] listen`, parsed.
     pub smtp_listen: Vec<SocketAddr>,
     /// `[delivery] retry_after`, parsed.
@@ -280,9 +300,19 @@ impl Settings {
         self.config.data_dir.join("queue")
     }
 
-    /// The maildrop folder `smtorp sendmail` writes into.
+    /// The maildrop folder `smtorp sendmail` writes into when the daemon does not run.
     pub fn maildrop_dir(&self) -> PathBuf {
         self.config.data_dir.join("maildrop")
+    }
+
+    /// Where maildrop files that cannot be queued are kept for the administrator.
+    pub fn rejected_dir(&self) -> PathBuf {
+        self.config.data_dir.join("rejected")
+    }
+
+    /// The socket `smtorp sendmail` hands messages to the running daemon through.
+    pub fn submit_socket(&self) -> PathBuf {
+        self.config.data_dir.join("submit.sock")
     }
 
     /// arti's state (onion service keys in `keystore/`): must be kept and backed up.
@@ -390,6 +420,12 @@ fn check_user_name(key: &str, name: &str) -> anyhow::Result<()> {
 pub fn check(config: Config) -> anyhow::Result<Settings> {
     let command_timeout = duration("smtp.command_timeout", &config.smtp.command_timeout)?;
     let data_timeout = duration("smtp.data_timeout", &config.smtp.data_timeout)?;
+    let stress_command_timeout = duration(
+        "smtp.stress_command_timeout",
+        &config.smtp.stress_command_timeout,
+    )?;
+    let stress_data_timeout =
+        duration("smtp.stress_data_timeout", &config.smtp.stress_data_timeout)?;
     let max_lifetime = duration("delivery.max_lifetime", &config.delivery.max_lifetime)?;
     let onion_connect_timeout = duration("onion.connect_timeout", &config.onion.connect_timeout)?;
     if config.delivery.retry_after.is_empty() {
@@ -433,6 +469,9 @@ pub fn check(config: Config) -> anyhow::Result<Settings> {
     for user in &config.local.users {
         check_user_name("local.users", user)?;
     }
+    for user in &config.local.trusted_submitters {
+        check_user_name("local.trusted_submitters", user)?;
+    }
     for (alias, target) in &config.local.aliases {
         check_user_name("local.aliases", alias)?;
         if !config.local.users.contains(target) {
@@ -458,6 +497,8 @@ pub fn check(config: Config) -> anyhow::Result<Settings> {
         config,
         command_timeout,
         data_timeout,
+        stress_command_timeout,
+        stress_data_timeout,
         smtp_listen,
         retry_after,
         max_lifetime,

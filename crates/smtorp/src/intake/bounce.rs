@@ -15,28 +15,6 @@ use tracing::{info, warn};
 use crate::intake::headers;
 use crate::intake::{Arrival, Intake, IntakeError};
 
-/// The enhanced status code in a failure reason (e.g. "5.1.1" in "... with 550 5.1.1 ..."),
-/// or a generic one.
-fn status_of(reason: &str) -> String {
-    let found = reason
-        .split(|c: char| c.is_whitespace() || c == '(' || c == ')')
-        .find(|w| {
-            let parts: Vec<&str> = w.split('.').collect();
-            parts.len() == 3
-                && matches!(parts[0], "4" | "5")
-                && parts[1..]
-                    .iter()
-                    .all(|p| !p.is_empty() && p.len() <= 3 && p.chars().all(|c| c.is_ascii_digit()))
-        });
-    match found {
-        // A temporary code on a recipient that failed for good means it expired.
-        Some(code) if code.starts_with('4') => "4.4.7".into(),
-        Some(code) => code.to_owned(),
-        None if reason.starts_with("expired") => "4.4.7".into(),
-        None => "5.0.0".into(),
-    }
-}
-
 /// Text safe to put on one header-ish line of the report (no CR/LF, printable).
 fn one_line(text: &str) -> String {
     text.chars()
@@ -77,7 +55,11 @@ pub fn build_dsn(report: &FailureReport<'_>, our_domain: &str, now: u64) -> Vec<
          It is attached below (headers only).\r\n\r\n"
     ));
     for f in report.failed {
-        m.push_str(&format!("<{}>: {}\r\n", f.address, one_line(&f.reason)));
+        m.push_str(&format!(
+            "<{}>: {}\r\n",
+            f.address,
+            one_line(&f.reply.to_string())
+        ));
     }
     m.push_str(&format!(
         "\r\n--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n"
@@ -92,18 +74,17 @@ pub fn build_dsn(report: &FailureReport<'_>, our_domain: &str, now: u64) -> Vec<
         m.push_str("\r\n");
         m.push_str(&format!("Final-Recipient: rfc822; {}\r\n", f.address));
         m.push_str("Action: failed\r\n");
-        m.push_str(&format!("Status: {}\r\n", status_of(&f.reason)));
+        m.push_str(&format!("Status: {}\r\n", f.reply.status()));
         m.push_str(&format!(
             "Diagnostic-Code: smtp; {}\r\n",
-            one_line(&f.reason)
+            one_line(&f.reply.to_string())
         ));
     }
     m.push_str(&format!(
         "\r\n--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n"
     ));
     let mut out = m.into_bytes();
-    let (header, _) = headers::split_header(report.body);
-    out.extend_from_slice(header);
+    out.extend_from_slice(report.header);
     if !out.ends_with(b"\r\n") {
         out.extend_from_slice(b"\r\n");
     }
@@ -122,15 +103,13 @@ pub struct DsnBouncer {
 impl DsnBouncer {
     async fn send(&self, report: &FailureReport<'_>) -> Result<(), String> {
         let dsn = build_dsn(report, &self.domain, headers::unix_now());
-        let recipients = [report.envelope.sender.clone()];
         let arrival = Arrival {
-            sender: "",
-            recipients: &recipients,
+            sender: String::new(),
+            recipients: vec![report.envelope.sender.clone()],
             helo: None,
             origin: Origin::Bounce,
-            data: &dsn,
         };
-        match self.intake.enqueue(arrival).await {
+        match self.intake.enqueue(arrival, &dsn).await {
             Ok(id) => {
                 info!(queue_id = %report.envelope.id, bounce_id = %id, failed = report.failed.len(), "bounce queued");
                 Ok(())
@@ -140,7 +119,7 @@ impl DsnBouncer {
                 warn!(queue_id = %report.envelope.id, reason = %why, "cannot bounce to this sender; dropping the bounce");
                 Ok(())
             }
-            Err(IntakeError::Store(e)) => Err(e.to_string()),
+            Err(e @ IntakeError::Deferred(_)) => Err(e.to_string()),
         }
     }
 }
@@ -159,25 +138,6 @@ mod tests {
     use smtorp_queue::{Envelope, QueueId, Recipient, RecipientState};
 
     #[test]
-    fn status_codes() {
-        assert_eq!(
-            status_of("x.onion answered RCPT TO with 550 5.1.1 No such user"),
-            "5.1.1"
-        );
-        assert_eq!(
-            status_of(
-                "expired after 10 s in the queue; last error: x answered DATA with 451 4.3.0 busy"
-            ),
-            "4.4.7"
-        );
-        assert_eq!(
-            status_of("550 5.1.2 smtorp delivers only to onion addresses"),
-            "5.1.2"
-        );
-        assert_eq!(status_of("something else"), "5.0.0");
-    }
-
-    #[test]
     fn dsn_shape() {
         let env = Envelope {
             id: QueueId(42),
@@ -186,28 +146,43 @@ mod tests {
                 address: "bob@b.onion".into(),
                 state: RecipientState::Failed,
                 attempts: 1,
-                last_error: None,
+                last_reply: None,
             }],
             arrival: 0,
             origin: Origin::Smtp,
             size: 10,
             next_due: None,
         };
-        let failed = [FailedRecipient {
-            address: "bob@b.onion".into(),
-            reason: "b.onion answered RCPT TO with 550 5.1.1 No such user\r\nX-Evil: 1".into(),
-        }];
-        let body = b"Subject: hi\r\nFrom: alice@a.onion\r\n\r\nsecret body\r\n";
+        let failed = [
+            FailedRecipient {
+                address: "bob@b.onion".into(),
+                reply: smtorp_delivery::Reply::new(
+                    550,
+                    [5, 1, 1],
+                    "b.onion answered RCPT TO: No such user\r\nX-Evil: 1",
+                ),
+                expired: false,
+            },
+            FailedRecipient {
+                address: "carol@c.onion".into(),
+                reply: smtorp_delivery::Reply::new(451, [4, 4, 7], "expired; last attempt: busy"),
+                expired: true,
+            },
+        ];
+        let header = b"Subject: hi\r\nFrom: alice@a.onion\r\n\r\n";
         let report = FailureReport {
             envelope: &env,
             failed: &failed,
-            body,
+            header,
         };
         let dsn = String::from_utf8(build_dsn(&report, "a.onion", 0)).unwrap();
         assert!(dsn.contains("Content-Type: multipart/report; report-type=delivery-status;"));
         assert!(dsn.contains("Reporting-MTA: dns; a.onion\r\n"));
         assert!(dsn.contains(
             "Final-Recipient: rfc822; bob@b.onion\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+        ));
+        assert!(dsn.contains(
+            "Final-Recipient: rfc822; carol@c.onion\r\nAction: failed\r\nStatus: 4.4.7\r\n"
         ));
         assert!(dsn.contains("Arrival-Date: Thu, 01 Jan 1970 00:00:00 +0000\r\n"));
         assert!(dsn.contains("Subject: hi\r\nFrom: alice@a.onion\r\n"));

@@ -119,6 +119,58 @@ pub fn split_header(message: &[u8]) -> (&[u8], &[u8]) {
     (message, &[])
 }
 
+/// Where the header section of a message ends (see [`header_end`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeaderEnd {
+    /// Bytes of header fields (without the blank line).
+    pub fields: usize,
+    /// Where the body starts (after the blank line, if there was one).
+    pub body: usize,
+    /// True if a blank line separated header and body.
+    pub blank_line: bool,
+}
+
+/// Finds the end of the header section at the start of `text`: the first blank line, or
+/// the first line that is neither a header field nor a continuation (a message without a
+/// header, or a malformed one: its body starts there). `None` while no complete line
+/// decides it yet; with `complete` (all of the message is here) everything is header.
+pub fn header_end(text: &[u8], complete: bool) -> Option<HeaderEnd> {
+    let mut pos = 0;
+    while let Some(i) = text[pos..].iter().position(|&b| b == b'\n') {
+        let line = &text[pos..=pos + i];
+        if line == b"\r\n" || line == b"\n" {
+            return Some(HeaderEnd {
+                fields: pos,
+                body: pos + line.len(),
+                blank_line: true,
+            });
+        }
+        let continuation = pos > 0 && matches!(line.first(), Some(b' ' | b'\t'));
+        if !continuation && !is_field_line(line) {
+            return Some(HeaderEnd {
+                fields: pos,
+                body: pos,
+                blank_line: false,
+            });
+        }
+        pos += i + 1;
+    }
+    complete.then_some(HeaderEnd {
+        fields: text.len(),
+        body: text.len(),
+        blank_line: false,
+    })
+}
+
+/// True if `line` starts a header field: a name of printable characters, then `:`.
+pub fn is_field_line(line: &[u8]) -> bool {
+    let name_len = line
+        .iter()
+        .position(|&b| !(33..=126).contains(&b) || b == b':')
+        .unwrap_or(line.len());
+    name_len > 0 && line.get(name_len) == Some(&b':')
+}
+
 /// The header fields of a header section as (name, raw field including continuation
 /// lines and line ends), in order.
 pub fn fields(header: &[u8]) -> Vec<(String, &[u8])> {
@@ -252,6 +304,56 @@ mod tests {
         assert_eq!(
             without_fields(m, &["bcc"]),
             b"From: a\r\nTo: b\r\n\r\nBcc: body\r\n"
+        );
+    }
+
+    #[test]
+    fn where_the_header_ends() {
+        let end = |t: &[u8]| header_end(t, false);
+        assert_eq!(
+            end(b"A: 1\r\n b\r\n\r\nbody"),
+            Some(HeaderEnd {
+                fields: 10,
+                body: 12,
+                blank_line: true
+            })
+        );
+        // Not decided until a whole line says so.
+        assert_eq!(end(b"A: 1\r\nB: 2"), None);
+        assert_eq!(end(b"A: 1\r\n"), None);
+        // No header at all, or a line that is no field: the body starts there.
+        assert_eq!(
+            end(b"hello\r\n"),
+            Some(HeaderEnd {
+                fields: 0,
+                body: 0,
+                blank_line: false
+            })
+        );
+        assert_eq!(
+            end(b"A: 1\r\nnot a field\r\n"),
+            Some(HeaderEnd {
+                fields: 6,
+                body: 6,
+                blank_line: false
+            })
+        );
+        assert_eq!(
+            end(b"\r\nbody\r\n"),
+            Some(HeaderEnd {
+                fields: 0,
+                body: 2,
+                blank_line: true
+            })
+        );
+        // All of the message is here: all of it is header.
+        assert_eq!(
+            header_end(b"A: 1\r\n", true),
+            Some(HeaderEnd {
+                fields: 6,
+                body: 6,
+                blank_line: false
+            })
         );
     }
 

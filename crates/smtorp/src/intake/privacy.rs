@@ -113,11 +113,20 @@ pub fn complete_header(
 
 /// True if the first line is a header field (`name:` with printable name characters).
 fn starts_with_field(message: &[u8]) -> bool {
-    let name_len = message
-        .iter()
-        .position(|&b| !(33..=126).contains(&b) || b == b':')
-        .unwrap_or(message.len());
-    name_len > 0 && message.get(name_len) == Some(&b':')
+    headers::is_field_line(message)
+}
+
+/// [`clean_submitted`] for a header section alone (its fields, without the blank line):
+/// returns the cleaned fields, without a blank line.
+pub fn clean_header(fields: &[u8], sender: &str, domain: &str, privacy: &PrivacyConfig) -> Vec<u8> {
+    let mut section = Vec::with_capacity(fields.len() + 2);
+    section.extend_from_slice(fields);
+    section.extend_from_slice(b"\r\n");
+    let mut cleaned = clean_submitted(&section, sender, domain, privacy);
+    if cleaned.ends_with(b"\r\n") {
+        cleaned.truncate(cleaned.len() - 2);
+    }
+    cleaned
 }
 
 #[cfg(test)]

@@ -1,27 +1,35 @@
-//! Plain TCP listeners (`[smtp] listen`): accept connections and run an SMTP session on
-//! each, with onion-side rules, at most `max_sessions` at once (421 beyond).
+//! The SMTP listeners: plain TCP listeners with the onion side's rules (`[smtp] listen`),
+//! the submission port (STARTTLS, AUTH), and what they share with the onion service's
+//! listener: one [`SessionFactory`] per listener and one accept loop.
 //!
-//! The address the client comes from is never looked at for policy: behind C tor every
-//! client is 127.0.0.1.
+//! Every listener has fair [`Slots`]: at most `max_sessions` sessions, shorter timeouts
+//! under stress, and a newcomer takes the place of the session idle the longest instead of
+//! being turned away (421 only when every session is busy). The address a client comes from
+//! is never looked at for policy (behind C tor every client is 127.0.0.1); the submission
+//! port uses it only to count password failures.
 
+pub mod auth;
+pub mod handler;
 pub mod passwd;
 pub mod submission;
 pub mod tls;
 
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use smtorp_smtp::{serve, Policy, Session, SessionConfig, SessionKind};
-
-use crate::config::Settings;
-use std::future::Future;
-use tokio::io::AsyncWriteExt;
-
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use smtorp_smtp::{
+    serve, serve_submission, Policy, Session, SessionConfig, SessionKind, Slot, Slots,
+};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
-use crate::intake::SmtpHandler;
+use self::handler::{SessionHandler, Shared};
+use crate::config::Settings;
 
 /// Everything a listener needs to run sessions.
 pub struct SessionFactory<P> {
@@ -29,10 +37,73 @@ pub struct SessionFactory<P> {
     pub config: SessionConfig,
     /// Who may send to whom.
     pub policy: P,
-    /// Where finished transactions go.
-    pub handler: Arc<SmtpHandler>,
-    /// Concurrent sessions allowed.
-    pub max_sessions: usize,
+    /// Where messages go, and password checks.
+    pub shared: Arc<Shared>,
+    /// The listener's places.
+    pub slots: Arc<Slots>,
+    /// STARTTLS (the submission port only).
+    pub tls: Option<TlsAcceptor>,
+}
+
+impl<P: Policy + Clone> SessionFactory<P> {
+    /// The reply to a connection that finds every place busy.
+    pub fn busy_reply(&self) -> String {
+        format!(
+            "421 4.3.2 {} Too many connections, try again later\r\n",
+            self.config.hostname
+        )
+    }
+
+    /// Runs one session on any stream (from `peer`, when known) in `slot`, ending it with
+    /// 421 when `shutdown` turns true.
+    pub async fn run_session<S>(
+        &self,
+        stream: S,
+        peer: Option<IpAddr>,
+        slot: Arc<Slot>,
+        mut shutdown: watch::Receiver<bool>,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let session = Session::new(self.config.clone(), self.policy.clone());
+        let handler = SessionHandler::new(self.shared.clone(), peer);
+        let stop = async move { stopped(&mut shutdown).await };
+        let result = match &self.tls {
+            Some(tls) => serve_submission(stream, session, &handler, tls, stop, Some(slot)).await,
+            None => serve(stream, session, &handler, stop, Some(slot)).await,
+        };
+        if let Err(e) = result {
+            debug!(error = %e, "session ended with an I/O error");
+        }
+    }
+}
+
+/// A listener's rules with the free-space gate in front (`[smtp] min_free_space`): MAIL
+/// gets 452 4.3.1 when the queue's disk is nearly full.
+#[derive(Debug, Clone)]
+pub struct Guarded<P> {
+    /// Who may send what.
+    pub rules: P,
+    /// The queue's disk.
+    pub space: crate::intake::space::DiskSpace,
+}
+
+impl<P: Policy> Policy for Guarded<P> {
+    fn check_sender(
+        &self,
+        sender: Option<&smtorp_smtp::Address>,
+        auth_user: Option<&str>,
+    ) -> Result<(), smtorp_smtp::Reply> {
+        self.rules.check_sender(sender, auth_user)
+    }
+
+    fn check_recipient(&self, recipient: &smtorp_smtp::Address) -> Result<(), smtorp_smtp::Reply> {
+        self.rules.check_recipient(recipient)
+    }
+
+    fn check_resources(&self, size: usize) -> Result<(), smtorp_smtp::Reply> {
+        self.space.check(size as u64)
+    }
 }
 
 /// Resolves once the shutdown flag turns true (or its sender is gone).
@@ -40,101 +111,50 @@ pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
-/// Runs one session on any stream, ending it with 421 when `shutdown` turns true.
-pub async fn run_session<S, P>(
-    stream: S,
-    factory: &SessionFactory<P>,
-    mut shutdown: watch::Receiver<bool>,
-) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    P: Policy + Clone,
-{
-    let session = Session::new(factory.config.clone(), factory.policy.clone());
-    let stop = async move { stopped(&mut shutdown).await };
-    if let Err(e) = serve(stream, session, factory.handler.as_ref(), stop).await {
-        debug!(error = %e, "session ended with an I/O error");
-    }
+/// Says 421 to a connection that finds every place busy, and closes it.
+pub async fn turn_away<S: AsyncWrite + Unpin>(mut stream: S, reply: String) {
+    let write = async {
+        let _ = stream.write_all(reply.as_bytes()).await;
+        let _ = stream.flush().await;
+        let _ = stream.shutdown().await;
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), write).await;
 }
 
-/// Serves a bound listener until shutdown; waits (a few seconds at most) for open sessions.
+/// Serves a bound TCP listener until shutdown: each connection gets a place (or 421) and a
+/// session; on shutdown, stops accepting and gives open sessions (which got their 421 from
+/// the same signal) 5 s to end before closing them.
 pub async fn serve_tcp<P>(
     listener: TcpListener,
     factory: Arc<SessionFactory<P>>,
-    shutdown: watch::Receiver<bool>,
+    kind: &'static str,
+    mut shutdown: watch::Receiver<bool>,
 ) where
     P: Policy + Clone + Send + Sync + 'static,
 {
     if let Ok(addr) = listener.local_addr() {
-        info!(%addr, "SMTP listener ready (onion-side rules)");
+        info!(%addr, kind, "SMTP listener ready");
     }
-    accept_loop(listener, factory, shutdown).await;
-}
-
-async fn accept_loop<P>(
-    listener: TcpListener,
-    factory: Arc<SessionFactory<P>>,
-    shutdown: watch::Receiver<bool>,
-) where
-    P: Policy + Clone + Send + Sync + 'static,
-{
-    let (limit, hostname) = (factory.max_sessions, factory.config.hostname.clone());
-    accept_sessions(
-        listener,
-        limit,
-        &hostname,
-        "smtp",
-        shutdown,
-        move |stream, stop| {
-            let factory = factory.clone();
-            async move { run_session(stream, &factory, stop).await }
-        },
-    )
-    .await;
-}
-
-/// The accept loop every TCP listener shares: at most `max_sessions` sessions at once (a
-/// connection beyond that gets `421 4.3.2` and is closed), each run by `run`; on shutdown,
-/// stops accepting and gives open sessions (which got their 421 from the same signal) 5 s
-/// to end before closing them.
-pub async fn accept_sessions<F, Fut>(
-    listener: TcpListener,
-    max_sessions: usize,
-    hostname: &str,
-    kind: &'static str,
-    mut shutdown: watch::Receiver<bool>,
-    run: F,
-) where
-    F: Fn(TcpStream, watch::Receiver<bool>) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let slots = Arc::new(Semaphore::new(max_sessions));
     let mut sessions = JoinSet::new();
-    let session_stop = shutdown.clone();
-    let busy = format!("421 4.3.2 {hostname} Too many connections, try again later\r\n");
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let mut stream = match accepted {
-                    Ok((stream, _peer)) => stream,
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
                     Err(e) => {
                         warn!(error = %e, kind, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
                 };
-                let Ok(permit) = slots.clone().try_acquire_owned() else {
-                    let busy = busy.clone();
-                    sessions.spawn(async move {
-                        let _ = stream.write_all(busy.as_bytes()).await;
-                        let _ = stream.shutdown().await;
-                    });
+                let Some(slot) = factory.slots.admit() else {
+                    sessions.spawn(turn_away(stream, factory.busy_reply()));
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                let session = run(stream, session_stop.clone());
+                let (factory, stop) = (factory.clone(), shutdown.clone());
                 sessions.spawn(async move {
-                    session.await;
-                    drop(permit);
+                    factory.run_session(stream, Some(peer.ip()), slot, stop).await;
                 });
             }
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
@@ -142,7 +162,12 @@ pub async fn accept_sessions<F, Fut>(
         }
     }
     drop(listener);
-    let grace = tokio::time::sleep(std::time::Duration::from_secs(5));
+    finish(sessions, kind).await;
+}
+
+/// Gives open sessions 5 s to end after shutdown, then closes them.
+pub async fn finish(mut sessions: JoinSet<()>, kind: &'static str) {
+    let grace = tokio::time::sleep(Duration::from_secs(5));
     tokio::pin!(grace);
     loop {
         tokio::select! {
@@ -166,6 +191,9 @@ pub fn session_config(settings: &Settings, hostname: &str, kind: SessionKind) ->
         max_errors: smtp.max_errors,
         command_timeout: settings.command_timeout,
         data_timeout: settings.data_timeout,
+        stress_command_timeout: settings.stress_command_timeout,
+        stress_data_timeout: settings.stress_data_timeout,
+        min_data_rate: smtp.min_data_rate,
         kind,
         ..SessionConfig::default()
     }

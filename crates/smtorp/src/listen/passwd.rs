@@ -16,7 +16,7 @@ use crate::say;
 
 use anyhow::{bail, Context};
 use argon2::password_hash::phc::PasswordHash;
-use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use argon2::password_hash::PasswordHasher;
 use argon2::Argon2;
 
 use crate::config::Settings;
@@ -35,14 +35,56 @@ pub fn hash(password: &str) -> anyhow::Result<String> {
         .map_err(|e| anyhow::anyhow!("cannot hash the password: {e}"))
 }
 
+/// The largest argon2 memory cost (KiB) we compute: a password file line asking for more
+/// is treated as not matching (the memory per check stays bounded).
+const MAX_MEMORY_KIB: u32 = 64 * 1024;
+
 /// True if `password` matches the PHC string. Slow on purpose: call it off the async
 /// runtime (`spawn_blocking`).
 pub fn verify(phc: &str, password: &str) -> bool {
-    PasswordHash::new(phc).is_ok_and(|parsed| {
-        Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok()
-    })
+    verify_with(phc, password, &mut Vec::new())
+}
+
+/// [`verify`] computing in `memory` (grown to the hash's memory cost and kept by the caller
+/// for the next check, so that checks do not allocate).
+pub fn verify_with(phc: &str, password: &str, memory: &mut Vec<argon2::Block>) -> bool {
+    use argon2::{Algorithm, Params, Version};
+    let Ok(parsed) = PasswordHash::new(phc) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (&parsed.salt, &parsed.hash) else {
+        return false;
+    };
+    let Ok(algorithm) = Algorithm::try_from(parsed.algorithm.as_str()) else {
+        return false;
+    };
+    let version = match parsed.version.map(Version::try_from) {
+        Some(Ok(version)) => version,
+        Some(Err(_)) => return false,
+        None => Version::default(),
+    };
+    let Ok(params) = Params::try_from(&parsed) else {
+        return false;
+    };
+    if params.m_cost() > MAX_MEMORY_KIB {
+        return false;
+    }
+    memory.resize(params.block_count(), argon2::Block::default());
+    let mut out = vec![0u8; expected.len()];
+    let argon = Argon2::new(algorithm, version, params);
+    if argon
+        .hash_password_into_with_memory(
+            password.as_bytes(),
+            salt.as_ref(),
+            &mut out,
+            &mut memory[..],
+        )
+        .is_err()
+    {
+        return false;
+    }
+    // `Output` compares in constant time.
+    argon2::password_hash::phc::Output::new(&out).is_ok_and(|computed| &computed == expected)
 }
 
 /// A hash nobody's password matches, checked for unknown users so that they take as long
@@ -91,7 +133,8 @@ fn save(path: &Path, entries: &BTreeMap<String, String>) -> std::io::Result<()> 
 
 /// The local user a login name means: `alice`, or `alice@<one of our domains>` (aliases
 /// resolved); only users in `[local] users`.
-pub fn login_user(directory: &Directory, settings: &Settings, login: &str) -> Option<String> {
+pub fn login_user(directory: &Directory, login: &str) -> Option<String> {
+    let settings = directory.settings();
     let login = login.trim().to_ascii_lowercase();
     let local = match login.rsplit_once('@') {
         Some((local, domain)) if directory.is_local_domain(domain) => local.to_owned(),
@@ -108,8 +151,18 @@ pub fn login_user(directory: &Directory, settings: &Settings, login: &str) -> Op
         .then_some(user)
 }
 
-/// The AUTH check: the user name if `password` is right. Blocking (argon2, file read).
+/// The AUTH check: true if `password` is right for `user`. Blocking (argon2, file read).
 pub fn check(file: &Path, user: Option<&str>, password: &str) -> bool {
+    check_with(file, user, password, &mut Vec::new())
+}
+
+/// [`check`] computing in `memory` (see [`verify_with`]).
+pub fn check_with(
+    file: &Path,
+    user: Option<&str>,
+    password: &str,
+    memory: &mut Vec<argon2::Block>,
+) -> bool {
     let phc = user.and_then(|user| match load(file) {
         Ok(entries) => entries.get(user).cloned(),
         Err(e) => {
@@ -118,10 +171,10 @@ pub fn check(file: &Path, user: Option<&str>, password: &str) -> bool {
         }
     });
     match phc {
-        Some(phc) => verify(&phc, password),
+        Some(phc) => verify_with(&phc, password, memory),
         None => {
             // Same work for an unknown user or one without a password.
-            let _ = verify(&DUMMY, password);
+            let _ = verify_with(&DUMMY, password, memory);
             false
         }
     }
@@ -218,6 +271,12 @@ mod tests {
         assert!(!a.contains("correct horse"));
         assert!(verify(&a, "correct horse"));
         assert!(!verify(&a, "wrong"));
+        // With a reused memory block, as the submission port checks.
+        let mut memory = Vec::new();
+        assert!(verify_with(&a, "correct horse", &mut memory));
+        assert!(!verify_with(&a, "wrong", &mut memory));
+        assert!(verify_with(&a, "correct horse", &mut memory));
+        assert_eq!(memory.len(), 19 * 1024, "argon2id default: 19 MiB");
         assert_ne!(a, hash("correct horse").unwrap());
         assert!(!verify("garbage", "x"));
     }

@@ -1,86 +1,94 @@
-//! The maildrop folder: how `smtorp sendmail` hands messages to the daemon without a socket.
+//! The maildrop folder: how `smtorp sendmail` leaves a message when the daemon does not run,
+//! and how the daemon picks it up. The folder is written by every local user, so for the
+//! daemon it is hostile ground:
 //!
-//! `sendmail` writes each message as one file under a temporary name (leading dot), fsyncs
-//! it, renames it to its final name and fsyncs the folder: a file with a final name is
-//! complete. The daemon picks files up at start and then every 250 ms, enqueues each through
-//! the intake and removes the file only after the queue commit. The file name is recorded
-//! in the queue in the same transaction as the message, so a file picked up again after a
-//! crash (committed, not yet removed) is not queued twice.
-//!
-//! File format: the line `SMTORP-MAILDROP 1`, one line of JSON (`{"sender": ..,
-//! "recipients": [..]}`), then the message with CRLF line endings.
+//! - **The writer** (`sendmail`, as the user) writes `.<token>`, fsyncs it, renames it to
+//!   `<token>` (a name without a leading dot is complete), then makes the rename durable with
+//!   `syncfs`: a user cannot fsync the 1733 folder (it cannot be opened for reading), but may
+//!   sync the file system it is on.
+//! - **The daemon** never follows a path a user can influence. It works relative to the
+//!   folder handle it opened (`O_DIRECTORY|O_NOFOLLOW`, checked to be its own 1733 folder),
+//!   opens each name with `O_NOFOLLOW|O_NONBLOCK` (a symbolic link fails, a FIFO does not
+//!   block), and accepts only a regular file with one link, below the size limit; the
+//!   submitter is the file's owner. Anything else is unlinked (the name only: the file it
+//!   names is never touched). A file it cannot queue is moved into `<data_dir>/rejected/`
+//!   (0700, made by the daemon, checked on every use), out of the users' reach. A name that
+//!   changed between the open and the removal is left for the next round.
+//! - The file name is the submission's token, recorded with the queued message: a file picked
+//!   up again after a crash (queued, not yet removed), or one written after the same message
+//!   went through the socket, is not queued twice.
 
+use std::collections::HashSet;
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rand::RngCore;
-use serde::{Deserialize, Serialize};
-use smtorp_queue::Origin;
+use nix::fcntl::{openat, renameat, OFlag};
+use nix::sys::stat::{fstat, fstatat, FileStat, Mode, SFlag};
+use nix::unistd::{unlinkat, UnlinkatFlags};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::intake::{Arrival, Intake, IntakeError};
+use super::{read_request, request_lines, submit, Request};
+use crate::intake::{Intake, IntakeError};
+use crate::policy::{Directory, Submitter};
 
-const MAGIC: &[u8] = b"SMTORP-MAILDROP 1\n";
+/// The mode of the maildrop folder: every user may create names, nobody but the daemon may
+/// list it; the sticky bit keeps users from removing each other's files.
+pub const MAILDROP_MODE: u32 = 0o1733;
+/// Names read from the folder in one round at most.
+const MAX_NAMES_PER_ROUND: usize = 1000;
+/// Unfinished files (`.<token>`) older than this are removed.
+const STALE_TEMP: Duration = Duration::from_secs(24 * 3600);
+/// Tokens older than this whose file is gone are forgotten.
+const TOKEN_TTL: Duration = Duration::from_secs(3600);
+/// How often the maildrop is looked at.
+const PICKUP_INTERVAL: Duration = Duration::from_millis(250);
 
-/// The envelope line of a maildrop file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DropEnvelope {
-    /// The envelope sender, empty for `<>`.
-    pub sender: String,
-    /// The envelope recipients.
-    pub recipients: Vec<String>,
+/// Creates the maildrop folder (1733) and the rejected folder (0700) when missing.
+pub fn create_dirs(maildrop: &Path, rejected: &Path) -> std::io::Result<()> {
+    for (dir, mode) in [(maildrop, MAILDROP_MODE), (rejected, 0o700)] {
+        match fs::symlink_metadata(dir) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                return Err(std::io::Error::other(format!(
+                    "{} exists and is not a folder",
+                    dir.display()
+                )))
+            }
+            Err(_) => fs::create_dir_all(dir)?,
+        }
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
 }
 
-/// Creates the maildrop folder: writable by every local user (like /tmp, sticky), not
-/// listable by them. Files are mode 0644 so that the daemon can read what another user
-/// wrote; their names carry 64 random bits and the folder cannot be listed, so other users
-/// cannot find them (docs/operations.md).
-pub fn create_dir(dir: &Path) -> std::io::Result<()> {
-    fs::create_dir_all(dir)?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o1733))
-}
-
-fn fsync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// Writes one message durably into the maildrop and returns its final path.
-pub fn write(dir: &Path, envelope: &DropEnvelope, message: &[u8]) -> std::io::Result<PathBuf> {
-    let mut random = [0u8; 8];
-    rand::thread_rng().fill_bytes(&mut random);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let name = format!(
-        "{}.{:09}.{}.{}",
-        now.as_secs(),
-        now.subsec_nanos(),
-        std::process::id(),
-        random
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    );
-    let tmp = dir.join(format!(".{name}"));
-    let done = dir.join(&name);
+/// Writes one message durably into the maildrop as the calling user (sendmail's side) and
+/// returns its final path. `message` has CRLF line endings.
+pub fn write(dir: &Path, request: &Request, message: &[u8]) -> std::io::Result<PathBuf> {
+    let tmp = dir.join(format!(".{}", request.token));
+    let done = dir.join(&request.token);
     let result = (|| {
+        // 0644: the daemon reads what another user wrote; the name is 128 random bits in a
+        // folder nobody can list.
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o644)
             .open(&tmp)?;
-        file.write_all(MAGIC)?;
-        serde_json::to_writer(&mut file, envelope)?;
-        file.write_all(b"\n")?;
+        file.write_all(&request_lines(request))?;
         file.write_all(message)?;
         file.sync_all()?;
         fs::rename(&tmp, &done)?;
-        fsync_dir(dir)
+        // The rename must reach the disk too. The folder cannot be opened by a user to
+        // fsync it, so sync the file system the file is on.
+        nix::unistd::syncfs(file.as_fd()).map_err(std::io::Error::from)
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -88,212 +96,401 @@ pub fn write(dir: &Path, envelope: &DropEnvelope, message: &[u8]) -> std::io::Re
     result.map(|()| done)
 }
 
-/// Reads a maildrop file.
-pub fn read(path: &Path) -> std::io::Result<(DropEnvelope, Vec<u8>)> {
-    let mut bytes = Vec::new();
-    File::open(path)?.read_to_end(&mut bytes)?;
-    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
-    let rest = bytes
-        .strip_prefix(MAGIC)
-        .ok_or_else(|| bad("not a maildrop file"))?;
-    let line_end = rest
-        .iter()
-        .position(|&b| b == b'\n')
-        .ok_or_else(|| bad("no envelope line"))?;
-    let envelope: DropEnvelope =
-        serde_json::from_slice(&rest[..line_end]).map_err(|e| bad(&format!("envelope: {e}")))?;
-    Ok((envelope, rest[line_end + 1..].to_vec()))
+/// One name of the maildrop, opened safely.
+#[derive(Debug)]
+struct Candidate {
+    name: OsString,
+    file: File,
+    stat: FileStat,
 }
 
-/// The complete files waiting in the maildrop, oldest name first.
-fn waiting(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut names: Vec<PathBuf> = fs::read_dir(dir)?
-        .filter_map(|e| e.ok())
-        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-        .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
-        .map(|e| e.path())
-        .collect();
-    names.sort();
-    Ok(names)
+/// What one look at the folder found.
+#[derive(Debug, Default)]
+struct Round {
+    candidates: Vec<Candidate>,
 }
 
-/// Moves a file that can never be enqueued aside (kept for the administrator, not lost).
-fn quarantine(dir: &Path, path: &Path) {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let bad = dir.join(".rejected");
-    let _ = fs::create_dir_all(&bad);
-    if let Err(e) = fs::rename(path, bad.join(&name)) {
-        warn!(file = %path.display(), error = %e, "cannot move a rejected maildrop file aside");
+/// The daemon's handles on its folders.
+struct Folders {
+    maildrop: OwnedFd,
+    rejected: OwnedFd,
+}
+
+/// Opens a folder the daemon made, refusing a symbolic link or anything not owned by us.
+fn open_own_dir(path: &Path) -> std::io::Result<OwnedFd> {
+    let fd = nix::fcntl::open(
+        path,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?;
+    let stat = fstat(&fd)?;
+    if stat.st_uid != nix::unistd::geteuid().as_raw() {
+        return Err(std::io::Error::other(format!(
+            "{} is not owned by the daemon's user",
+            path.display()
+        )));
     }
+    Ok(fd)
 }
 
-/// Enqueues every waiting file once. Returns how many were enqueued.
-pub async fn pickup_once(dir: &Path, intake: &Intake) -> usize {
-    let files = match waiting(dir) {
-        Ok(f) => f,
-        Err(e) => {
-            warn!(dir = %dir.display(), error = %e, "cannot read the maildrop");
-            return 0;
+impl Folders {
+    fn open(maildrop: &Path, rejected: &Path) -> std::io::Result<Folders> {
+        let folders = Folders {
+            maildrop: open_own_dir(maildrop)?,
+            rejected: open_own_dir(rejected)?,
+        };
+        let mode = fstat(&folders.rejected)?.st_mode & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err(std::io::Error::other(format!(
+                "{} must not be open to other users (mode {mode:o})",
+                rejected.display()
+            )));
         }
-    };
-    let mut count = 0;
-    for path in files {
-        let (envelope, message) = match read(&path) {
-            Ok(x) => x,
+        Ok(folders)
+    }
+
+    /// Removes `name` from the maildrop if it still is the file we looked at (or
+    /// unconditionally with `stat` = `None`). False if it is still there.
+    fn unlink(&self, name: &OsStr, stat: Option<&FileStat>) -> bool {
+        if let Some(stat) = stat {
+            match fstatat(
+                &self.maildrop,
+                name,
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            ) {
+                Ok(now) if now.st_dev == stat.st_dev && now.st_ino == stat.st_ino => {}
+                _ => return true, // replaced meanwhile: a new file for the next round
+            }
+        }
+        let is_dir =
+            stat.is_some_and(|s| s.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFDIR.bits());
+        let flag = if is_dir {
+            UnlinkatFlags::RemoveDir
+        } else {
+            UnlinkatFlags::NoRemoveDir
+        };
+        match unlinkat(&self.maildrop, name, flag) {
+            Ok(()) | Err(nix::errno::Errno::ENOENT) => true,
             Err(e) => {
-                warn!(file = %path.display(), error = %e, "unreadable maildrop file moved to .rejected");
-                quarantine(dir, &path);
+                warn!(file = ?name, error = %e, "cannot remove a maildrop name; ignoring it from now on");
+                false
+            }
+        }
+    }
+
+    /// Moves a file we could not queue out of the users' reach.
+    fn reject(&self, candidate: &Candidate, why: &str) {
+        let stamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut target = OsString::from(format!("{stamp}."));
+        target.push(&candidate.name);
+        warn!(file = ?candidate.name, uid = candidate.stat.st_uid, reason = %why, "maildrop file rejected; kept in rejected/");
+        match fstatat(
+            &self.maildrop,
+            candidate.name.as_os_str(),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) {
+            Ok(now)
+                if now.st_ino == candidate.stat.st_ino && now.st_dev == candidate.stat.st_dev => {}
+            _ => return,
+        }
+        if let Err(e) = renameat(
+            &self.maildrop,
+            candidate.name.as_os_str(),
+            &self.rejected,
+            target.as_os_str(),
+        ) {
+            warn!(file = ?candidate.name, error = %e, "cannot move a rejected maildrop file; removing it");
+            let _ = self.unlink(&candidate.name, Some(&candidate.stat));
+        }
+    }
+
+    /// Reads the folder and opens every complete name safely; removes what is no message.
+    /// Names that could not be removed before (`stuck`) are passed over.
+    fn scan(
+        &self,
+        max_size: u64,
+        sweep_temp: bool,
+        stuck: &mut HashSet<OsString>,
+    ) -> std::io::Result<Round> {
+        let listing = openat(
+            &self.maildrop,
+            ".",
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        let mut dir = nix::dir::Dir::from_fd(listing)?;
+        let mut names = Vec::new();
+        for entry in dir.iter() {
+            let Ok(entry) = entry else { continue };
+            let name = entry.file_name();
+            if name.to_bytes() == b"." || name.to_bytes() == b".." {
                 continue;
             }
-        };
-        let arrival = Arrival {
-            sender: &envelope.sender,
-            recipients: &envelope.recipients,
-            helo: None,
-            origin: Origin::Maildrop,
-            data: &message,
-        };
-        // The file name is the token: if a crash came between the queue commit and the
-        // removal of the file, the second pickup finds the token and queues nothing.
-        let token = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        match intake.enqueue_once(arrival, &token).await {
-            Ok(queued) => {
-                if queued.is_some() {
-                    count += 1;
-                }
-                match fs::remove_file(&path).and_then(|()| fsync_dir(dir)) {
-                    Ok(()) => {
-                        let _ = intake.queue().forget_token(&token);
-                    }
-                    Err(e) => {
-                        warn!(file = %path.display(), error = %e, "cannot remove picked-up maildrop file")
-                    }
-                }
+            let name = OsStr::from_bytes(name.to_bytes()).to_os_string();
+            if stuck.contains(&name) {
+                continue;
             }
-            Err(IntakeError::Rejected(why)) => {
-                warn!(file = %path.display(), reason = %why, "maildrop file rejected, moved to .rejected");
-                quarantine(dir, &path);
-            }
-            Err(IntakeError::Store(e)) => {
-                warn!(error = %e, "queue unavailable; maildrop pickup will retry");
+            names.push(name);
+            if names.len() >= MAX_NAMES_PER_ROUND {
                 break;
             }
         }
-    }
-    count
-}
-
-/// Forgets the tokens of maildrop files that are gone (a crash came after the removal of
-/// the file but before the token was forgotten durably).
-fn forget_stale_tokens(dir: &Path, intake: &Intake) {
-    let queue = intake.queue();
-    for token in queue.tokens().unwrap_or_default() {
-        if !dir.join(&token).exists() {
-            let _ = queue.forget_token(&token);
+        let mut round = Round::default();
+        for name in names {
+            if name.as_bytes().starts_with(b".") {
+                if sweep_temp {
+                    self.sweep_temp(&name);
+                }
+                continue;
+            }
+            let opened = openat(
+                &self.maildrop,
+                name.as_os_str(),
+                OFlag::O_RDONLY
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_NONBLOCK
+                    | OFlag::O_NOCTTY
+                    | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            );
+            let fd = match opened {
+                Ok(fd) => fd,
+                Err(nix::errno::Errno::ENOENT) => continue,
+                Err(e) => {
+                    // A symbolic link (ELOOP), a file we may not read, ...: not a message.
+                    warn!(file = ?name, error = %e, "maildrop name cannot be opened safely; removed");
+                    if !self.unlink(&name, None) && stuck.len() < MAX_NAMES_PER_ROUND {
+                        stuck.insert(name);
+                    }
+                    continue;
+                }
+            };
+            let stat = fstat(&fd)?;
+            let kind = SFlag::from_bits_truncate(stat.st_mode & SFlag::S_IFMT.bits());
+            let why = if kind != SFlag::S_IFREG {
+                Some("not a regular file")
+            } else if stat.st_nlink != 1 {
+                Some("a file with other links")
+            } else if u64::try_from(stat.st_size).unwrap_or(u64::MAX) > max_size {
+                Some("larger than the message size limit")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                warn!(file = ?name, uid = stat.st_uid, reason = why, "maildrop name is no message; removed");
+                if !self.unlink(&name, Some(&stat)) && stuck.len() < MAX_NAMES_PER_ROUND {
+                    stuck.insert(name);
+                }
+                continue;
+            }
+            round.candidates.push(Candidate {
+                name,
+                file: File::from(fd),
+                stat,
+            });
         }
+        Ok(round)
     }
-}
 
-/// How often the maildrop is looked at.
-const PICKUP_INTERVAL: Duration = Duration::from_millis(250);
-
-/// Picks up the maildrop at start and then every 250 ms until shutdown.
-pub async fn run(dir: PathBuf, intake: Arc<Intake>, mut shutdown: watch::Receiver<bool>) {
-    forget_stale_tokens(&dir, &intake);
-    loop {
-        let n = pickup_once(&dir, &intake).await;
-        if n > 0 {
-            info!(count = n, "picked up from the maildrop");
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(PICKUP_INTERVAL) => {}
-            _ = crate::listen::stopped(&mut shutdown) => return,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[test]
-    fn write_and_read_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let env = DropEnvelope {
-            sender: "a@b.onion".into(),
-            recipients: vec!["c@d.onion".into()],
+    /// Removes an unfinished file a crashed `sendmail` left behind.
+    fn sweep_temp(&self, name: &OsStr) {
+        let Ok(stat) = fstatat(
+            &self.maildrop,
+            name,
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) else {
+            return;
         };
-        let path = write(dir.path(), &env, b"Subject: x\r\n\r\nhi\r\n").unwrap();
-        let (e, m) = read(&path).unwrap();
-        assert_eq!(e, env);
-        assert_eq!(m, b"Subject: x\r\n\r\nhi\r\n");
-        assert_eq!(waiting(dir.path()).unwrap(), vec![path]);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        if now.saturating_sub(stat.st_mtime) > STALE_TEMP.as_secs() as i64 {
+            info!(file = ?name, "removing an unfinished maildrop file");
+            let _ = self.unlink(name, Some(&stat));
+        }
     }
+}
 
-    /// A crash after the queue commit but before the file was removed: the next pickup
-    /// finds the token and queues nothing a second time.
-    #[tokio::test]
-    async fn a_file_committed_before_a_crash_is_not_queued_twice() {
-        use crate::config;
-        use crate::policy::Directory;
-        let dir = tempfile::tempdir().unwrap();
-        let text = format!(
-            "data_dir = \"{}\"\n[local]\ndomains = [\"mail.test\"]\nusers = [\"alice\"]\n",
-            dir.path().display()
-        );
-        let settings = Arc::new(config::check(config::parse(&text).unwrap()).unwrap());
-        let queue = Arc::new(smtorp_queue::Queue::open(&settings.queue_dir()).unwrap());
-        let directory = Arc::new(Directory::new(settings.clone(), None));
-        let intake = Intake::new(
-            queue.clone(),
+/// The maildrop pickup of the daemon.
+pub struct Pickup {
+    /// Names that could not be removed (a folder that is not empty): passed over.
+    stuck: Arc<std::sync::Mutex<HashSet<OsString>>>,
+    maildrop: PathBuf,
+    rejected: PathBuf,
+    intake: Arc<Intake>,
+    directory: Arc<Directory>,
+    max_size: u64,
+}
+
+impl Pickup {
+    /// The pickup of `maildrop`, moving what it cannot queue into `rejected`.
+    pub fn new(intake: Arc<Intake>, directory: Arc<Directory>) -> Pickup {
+        let settings = directory.settings().clone();
+        Pickup {
+            stuck: Arc::default(),
+            maildrop: settings.maildrop_dir(),
+            rejected: settings.rejected_dir(),
+            // The request lines come on top of the message.
+            max_size: settings.config.smtp.max_message_size as u64 + 64 * 1024,
+            intake,
             directory,
-            Arc::new(tokio::sync::Notify::new()),
-        );
-        let drop_dir = settings.maildrop_dir();
-        create_dir(&drop_dir).unwrap();
-        let env = DropEnvelope {
-            sender: "alice@mail.test".into(),
-            recipients: vec!["alice@mail.test".into()],
-        };
-        let path = write(&drop_dir, &env, b"Subject: once\r\n\r\nhi\r\n").unwrap();
-        let token = path.file_name().unwrap().to_string_lossy().into_owned();
-        // The first pickup got as far as the commit...
-        let arrival = Arrival {
-            sender: &env.sender,
-            recipients: &env.recipients,
-            helo: None,
-            origin: Origin::Maildrop,
-            data: b"Subject: once\r\n\r\nhi\r\n",
-        };
-        assert!(intake
-            .enqueue_once(arrival, &token)
-            .await
-            .unwrap()
-            .is_some());
-        assert_eq!(queue.len(), 1);
-        // ...then the daemon died. The next pickup must not queue it again.
-        assert_eq!(pickup_once(&drop_dir, &intake).await, 0);
-        assert_eq!(queue.len(), 1);
-        assert!(!path.exists(), "the file is removed");
-        assert!(!queue.has_token(&token).unwrap(), "and its token forgotten");
-        // A new file is queued as usual.
-        write(&drop_dir, &env, b"Subject: two\r\n\r\nhi\r\n").unwrap();
-        assert_eq!(pickup_once(&drop_dir, &intake).await, 1);
-        assert_eq!(queue.len(), 2);
+        }
     }
 
-    #[test]
-    fn garbage_is_an_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("x");
-        fs::write(&p, b"hello").unwrap();
-        assert!(read(&p).is_err());
+    /// Looks at the folder once and queues what it finds. Returns how many were queued.
+    pub async fn once(&self, sweep: bool) -> usize {
+        let (maildrop, rejected, max_size) =
+            (self.maildrop.clone(), self.rejected.clone(), self.max_size);
+        let stuck = self.stuck.clone();
+        let scanned = tokio::task::spawn_blocking(move || {
+            let folders = Folders::open(&maildrop, &rejected)?;
+            let mut stuck = stuck.lock().unwrap_or_else(|p| p.into_inner());
+            let round = folders.scan(max_size, sweep, &mut stuck)?;
+            Ok::<_, std::io::Error>((folders, round))
+        })
+        .await;
+        let (folders, round) = match scanned {
+            Ok(Ok(x)) => x,
+            Ok(Err(e)) => {
+                warn!(dir = %self.maildrop.display(), error = %e, "cannot read the maildrop");
+                return 0;
+            }
+            Err(e) => {
+                warn!(error = %e, "maildrop scan failed");
+                return 0;
+            }
+        };
+        let folders = Arc::new(folders);
+        let mut queued = 0;
+        for candidate in round.candidates {
+            match self.one(&folders, candidate).await {
+                Ok(true) => queued += 1,
+                Ok(false) => {}
+                Err(()) => break, // the queue is unavailable: try again later
+            }
+        }
+        queued
+    }
+
+    /// Queues one opened file. `Err` when the queue is unavailable (stop the round).
+    async fn one(&self, folders: &Arc<Folders>, candidate: Candidate) -> Result<bool, ()> {
+        let token = candidate.name.to_string_lossy().into_owned();
+        let submitter = Submitter::from_uid(
+            candidate.stat.st_uid,
+            &self.directory.settings().config.local.trusted_submitters,
+        );
+        let mut file = tokio::fs::File::from_std(match candidate.file.try_clone() {
+            Ok(file) => file,
+            Err(e) => {
+                warn!(error = %e, "cannot read a maildrop file");
+                return Ok(false);
+            }
+        });
+        let (request, head) = match read_request(&mut file, &token).await {
+            Ok(x) => x,
+            Err(why) => {
+                let folders = folders.clone();
+                let _ = tokio::task::spawn_blocking(move || folders.reject(&candidate, &why)).await;
+                return Ok(false);
+            }
+        };
+        if request.token != token {
+            let folders = folders.clone();
+            let why = "its token is not its name".to_owned();
+            let _ = tokio::task::spawn_blocking(move || folders.reject(&candidate, &why)).await;
+            return Ok(false);
+        }
+        let result = submit(
+            &self.intake,
+            &self.directory,
+            &submitter,
+            &request,
+            head,
+            &mut file,
+        )
+        .await;
+        let folders = folders.clone();
+        match result {
+            Ok(queued) => {
+                let queue = self.intake.queue().clone();
+                let token = request.token.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    if folders.unlink(&candidate.name, Some(&candidate.stat)) {
+                        let _ = queue.forget_token(&token);
+                    }
+                })
+                .await;
+                Ok(queued.is_some())
+            }
+            Err(IntakeError::Rejected(reply)) => {
+                let why = reply.to_string();
+                let _ = tokio::task::spawn_blocking(move || folders.reject(&candidate, &why)).await;
+                Ok(false)
+            }
+            Err(e @ IntakeError::Deferred(_)) => {
+                warn!(reason = %e.reply(), "queue unavailable; maildrop pickup will retry");
+                Err(())
+            }
+        }
+    }
+
+    /// Forgets the tokens of submissions whose maildrop file is gone: all of them at start
+    /// (`min_age` zero), else those older than `min_age` (socket submissions).
+    async fn forget_stale_tokens(&self, min_age: Duration) {
+        let dir = self.maildrop.clone();
+        let forgotten = self
+            .intake
+            .queue()
+            .call(move |q| {
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let mut n = 0;
+                for (token, recorded) in q.tokens_with_time()? {
+                    let old = now.saturating_sub(recorded) >= min_age.as_secs();
+                    let gone = fs::symlink_metadata(dir.join(&token)).is_err();
+                    if old && gone {
+                        q.forget_token(&token)?;
+                        n += 1;
+                    }
+                }
+                Ok(n)
+            })
+            .await;
+        match forgotten {
+            Ok(0) => {}
+            Ok(n) => info!(count = n, "forgot submission tokens whose files are gone"),
+            Err(e) => warn!(error = %e, "cannot clean up submission tokens"),
+        }
+    }
+
+    /// Picks up at start and then every 250 ms until shutdown; every minute also removes
+    /// stale unfinished files, forgets old tokens and tends the disk reserve.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        self.forget_stale_tokens(Duration::ZERO).await;
+        let mut last_sweep = std::time::Instant::now();
+        loop {
+            let sweep = last_sweep.elapsed() >= Duration::from_secs(60);
+            if sweep {
+                last_sweep = std::time::Instant::now();
+                self.forget_stale_tokens(TOKEN_TTL).await;
+            }
+            let space = self.intake.space().clone();
+            let _ = tokio::task::spawn_blocking(move || space.tend_reserve()).await;
+            let n = self.once(sweep).await;
+            if n > 0 {
+                info!(count = n, "picked up from the maildrop");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(PICKUP_INTERVAL) => {}
+                _ = crate::listen::stopped(&mut shutdown) => return,
+            }
+        }
     }
 }

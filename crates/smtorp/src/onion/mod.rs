@@ -11,12 +11,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use smtorp_onion::{OnionSettings, OnionTransport, ServiceStatus};
-use tokio::io::AsyncWriteExt;
-use tokio::sync::{watch, OnceCell, Semaphore};
+use tokio::sync::{watch, OnceCell};
 use tracing::{error, info, warn};
 
 use crate::config::Settings;
-use crate::listen::{run_session, stopped, SessionFactory};
+use crate::listen::{stopped, turn_away, Guarded, SessionFactory};
 use crate::policy::OnionSidePolicy;
 
 /// The nickname of our onion service in arti's keystore.
@@ -81,7 +80,7 @@ fn set_mode(path: &std::path::Path, mode: u32) -> anyhow::Result<()> {
 /// every accepted stream until shutdown. Puts the transport into `cell` for outbound use.
 pub async fn serve(
     settings: Arc<Settings>,
-    factory: Arc<SessionFactory<OnionSidePolicy>>,
+    factory: Arc<SessionFactory<Guarded<OnionSidePolicy>>>,
     cell: Arc<OnceCell<Arc<OnionTransport>>>,
     service: Arc<OnceCell<ServiceStatus>>,
     mut shutdown: watch::Receiver<bool>,
@@ -117,31 +116,29 @@ pub async fn serve(
     };
     let _ = service.set(streams.status());
     info!(address = %address, seconds = started.elapsed().as_secs_f64(), "onion service launched (SMTP on port 25)");
-    let slots = Arc::new(Semaphore::new(factory.max_sessions));
     let session_stop = shutdown.clone();
+    let mut sessions = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             next = streams.next() => {
-                let Some(mut stream) = next else {
+                let Some(stream) = next else {
                     warn!("the onion service stopped");
-                    return;
+                    break;
                 };
-                let Ok(permit) = slots.clone().try_acquire_owned() else {
-                    let busy = format!("421 4.3.2 {} Too many connections, try again later\r\n", factory.config.hostname);
-                    tokio::spawn(async move {
-                        let _ = stream.write_all(busy.as_bytes()).await;
-                        let _ = stream.flush().await;
-                        let _ = stream.shutdown().await;
-                    });
+                // The same fair places as every listener: a newcomer may take an idle
+                // session's place; 421 only when every session is busy.
+                let Some(slot) = factory.slots.admit() else {
+                    sessions.spawn(turn_away(stream, factory.busy_reply()));
                     continue;
                 };
                 let (factory, stop) = (factory.clone(), session_stop.clone());
-                tokio::spawn(async move {
-                    run_session(stream, &factory, stop).await;
-                    drop(permit);
+                sessions.spawn(async move {
+                    factory.run_session(stream, None, slot, stop).await;
                 });
             }
-            _ = stopped(&mut shutdown) => return,
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            _ = stopped(&mut shutdown) => break,
         }
     }
+    crate::listen::finish(sessions, "onion").await;
 }

@@ -1,14 +1,17 @@
 //! Who is local and who may send what, where: our domains, users and aliases; the one
 //! recipient classifier ([`Directory::classify`]) and the one place that turns each class
-//! into an SMTP reply ([`refusal`]); the rules of each way in (`onion_side`, `submission`).
+//! into an SMTP reply ([`refusal`]); the rules of each way in (`onion_side`, `submission`,
+//! `local`).
 //!
 //! Mail from the onion side (arti streams and `[smtp] listen` listeners) is accepted only
 //! for our own domains and known users or aliases; `postmaster` always (RFC 5321). Nothing
 //! is relayed. The same directory routes recipients at delivery time.
 
+pub mod local;
 pub mod onion_side;
 pub mod submission;
 
+pub use local::Submitter;
 pub use onion_side::OnionSidePolicy;
 pub use submission::SubmissionPolicy;
 
@@ -59,6 +62,11 @@ impl Directory {
         }
     }
 
+    /// The configuration this directory was made from.
+    pub fn settings(&self) -> &Arc<Settings> {
+        &self.settings
+    }
+
     /// The name we present: our onion address, else the first local domain, else localhost.
     pub fn primary_domain(&self) -> &str {
         &self.primary
@@ -81,6 +89,18 @@ impl Directory {
             return Some(local);
         }
         None
+    }
+
+    /// True if `address` is one of `user`'s own: `user@` one of our domains, or an alias
+    /// there that points at `user`.
+    pub fn owns(&self, user: &str, address: &Address) -> bool {
+        self.is_local_domain(&address.domain)
+            && self.user_of(&address.local_part).as_deref() == Some(user)
+    }
+
+    /// True if `name` is in `[local] users`.
+    pub fn is_user(&self, name: &str) -> bool {
+        self.users.contains(&name.to_ascii_lowercase())
     }
 }
 
@@ -160,7 +180,13 @@ impl Router for Directory {
     fn route(&self, recipient: &str) -> Route {
         let address = match Address::parse(recipient, true) {
             Ok(address) => address,
-            Err(e) => return Route::Unroutable(format!("550 5.1.3 malformed recipient: {e}")),
+            Err(e) => {
+                return Route::Unroutable(Reply::new(
+                    550,
+                    [5, 1, 3],
+                    format!("malformed recipient: {e}"),
+                ))
+            }
         };
         match self.classify(&address) {
             RecipientClass::Local(user) => Route::Local {
@@ -171,7 +197,7 @@ impl Router for Directory {
                 domain: address.domain,
             },
             class @ (RecipientClass::UnknownLocal | RecipientClass::NotOnion) => {
-                Route::Unroutable(refusal(&class, Side::Delivery).to_string())
+                Route::Unroutable(refusal(&class, Side::Delivery))
             }
         }
     }
@@ -184,7 +210,7 @@ impl Directory {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::config;
@@ -208,7 +234,10 @@ mod tests {
             }
         );
         let onion = smtorp_smtp::address::onion_v3_from_key(&[7u8; 32]);
-        assert_eq!(d.route(&format!("x@{onion}")), Route::Remote { domain: onion });
+        assert_eq!(
+            d.route(&format!("x@{onion}")),
+            Route::Remote { domain: onion }
+        );
         assert!(matches!(d.route("x@abc.onion"), Route::Unroutable(_)));
         assert!(matches!(d.route("x@example.com"), Route::Unroutable(_)));
         assert!(matches!(d.route("nobody@mail.test"), Route::Unroutable(_)));

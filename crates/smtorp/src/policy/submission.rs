@@ -17,10 +17,7 @@ impl Policy for SubmissionPolicy {
         let Some(user) = auth_user else {
             return Err(Reply::new(530, [5, 7, 0], "Authentication required"));
         };
-        let own = sender.is_some_and(|s| {
-            self.0.is_local_domain(&s.domain)
-                && self.0.user_of(&s.local_part).as_deref() == Some(user)
-        });
+        let own = sender.is_some_and(|s| self.0.owns(user, s));
         if own {
             Ok(())
         } else {

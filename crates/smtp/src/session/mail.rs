@@ -56,6 +56,10 @@ impl<P: Policy> Session<P> {
             self.respond(Reply::new(552, [5, 3, 4], text));
             return;
         }
+        if let Err(reply) = self.policy.check_resources(from.size) {
+            self.push(&reply);
+            return;
+        }
         let utf8 = from.flags & MAIL_SMTPUTF8 != 0;
         let sender = if from.address.is_empty() {
             if !is_empty_path(line) {
@@ -65,7 +69,7 @@ impl<P: Policy> Session<P> {
             }
             None
         } else {
-            match Address::parse(&from.address, utf8) {
+            match Address::from_unquoted(&from.address, utf8) {
                 Ok(address) => Some(address),
                 Err(error) => {
                     self.respond(Reply::new(

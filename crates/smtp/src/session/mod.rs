@@ -58,10 +58,20 @@ pub struct SessionConfig {
     pub max_text_line: usize,
     /// Errors allowed in one session before we say 421 and close.
     pub max_errors: usize,
-    /// Idle time allowed while waiting for a command.
+    /// Time allowed for a whole command line to arrive (not only between two reads: a
+    /// client that sends one byte now and then does not hold its slot longer).
     pub command_timeout: Duration,
     /// Idle time allowed while reading DATA.
     pub data_timeout: Duration,
+    /// `command_timeout` under stress (most of the listener's slots taken).
+    pub stress_command_timeout: Duration,
+    /// `data_timeout` under stress.
+    pub stress_data_timeout: Duration,
+    /// The lowest average rate, in bytes per second, at which a client may send message
+    /// text once DATA has run for `min_data_rate_after` (0: no minimum).
+    pub min_data_rate: u64,
+    /// How long DATA may run before the minimum rate applies.
+    pub min_data_rate_after: Duration,
     /// Onion side or submission port.
     pub kind: SessionKind,
     /// Failed AUTH attempts allowed in one session; the last one is followed by 421 4.7.0.
@@ -82,6 +92,10 @@ impl Default for SessionConfig {
             max_errors: 10,
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(600),
+            stress_command_timeout: Duration::from_secs(10),
+            stress_data_timeout: Duration::from_secs(30),
+            min_data_rate: 1024,
+            min_data_rate_after: Duration::from_secs(30),
             kind: SessionKind::OnionSide,
             max_auth_failures: 3,
             auth_failure_delay: Duration::from_secs(1),
@@ -94,21 +108,29 @@ pub trait Policy {
     /// MAIL FROM with a validated sender (`None` for the null sender `<>`). `auth_user` is
     /// the authenticated user (submission port only; `None` on the onion side).
     fn check_sender(&self, sender: Option<&Address>, auth_user: Option<&str>) -> Result<(), Reply>;
+    /// MAIL FROM, before the sender: can we take a message of the announced `size` (0 when
+    /// not announced) now? (E.g. 452 4.3.1 when the disk is nearly full.) Our state, not
+    /// the client's fault: not counted as an error.
+    fn check_resources(&self, size: usize) -> Result<(), Reply> {
+        let _ = size;
+        Ok(())
+    }
     /// RCPT TO with a validated recipient. `Ok` accepts it (250 2.1.5).
     fn check_recipient(&self, recipient: &Address) -> Result<(), Reply>;
 }
 
-/// A complete mail transaction, ready to enqueue.
+/// The envelope of a mail transaction: handed out when DATA starts ([`Step::StartData`])
+/// and again when the message is complete ([`Step::Enqueue`]). The message text itself
+/// leaves the session in chunks ([`Step::Write`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transaction {
     /// The EHLO/HELO argument the client gave.
     pub helo: String,
-    /// The envelope sender, empty for `<>`.
+    /// The envelope sender in RFC 5321 form (a local part that needs it is quoted), empty
+    /// for `<>`.
     pub sender: String,
-    /// The accepted recipients, as `local@domain` (domain lower-cased).
+    /// The accepted recipients in RFC 5321 form, `local@domain` (domain lower-cased).
     pub recipients: Vec<String>,
-    /// The message, dot-unstuffed, CRLF line endings, ending in CRLF, without the final `.`.
-    pub data: Vec<u8>,
     /// The user who authenticated (submission port), `None` on the onion side.
     pub auth_user: Option<String>,
 }
@@ -137,7 +159,17 @@ pub enum Step {
     /// Write out [`Session::take_output`] if not empty, then read more input
     /// (or time out after [`Session::timeout`]).
     NeedInput,
-    /// DATA ended: enqueue this, then call [`Session::enqueued`] with the outcome.
+    /// DATA passed the session's checks: prepare where the message goes (a spool file),
+    /// then call [`Session::data_started`] (354, or the reply that refuses it).
+    StartData(Transaction),
+    /// Message text (dot-unstuffed, CRLF line endings, at most a chunk): append it to the
+    /// message, then call [`Session::written`].
+    Write(Vec<u8>),
+    /// The message being received is refused (too big, a line too long, a NUL, a failed
+    /// write): drop what was written of it. The reply is already in the output.
+    DiscardData,
+    /// DATA ended and all its text was written: enqueue the message, then call
+    /// [`Session::enqueued`] with the outcome.
     Enqueue(Transaction),
     /// Write out what is pending and close the connection.
     Close,
@@ -178,6 +210,12 @@ pub struct Session<P: Policy> {
     errors: usize,
     /// A `Step::Enqueue` was handed out and `enqueued` not called yet.
     awaiting_enqueue: bool,
+    /// A `Step::StartData` was handed out and `data_started` not called yet.
+    awaiting_start: bool,
+    /// A `Step::Write` was handed out and `written` not called yet.
+    awaiting_write: bool,
+    /// DATA ended while its last chunk was being written: enqueue this after `written`.
+    finishing: Option<Transaction>,
     /// A step found while processing inside `receive`, returned by the next `step`.
     pending: Option<Step>,
     /// A closing reply (timeout, shutdown) to give once the enqueue in progress is answered.
@@ -198,8 +236,10 @@ pub struct Session<P: Policy> {
     auth_state: Option<AuthState>,
     /// Failed AUTH attempts in this session.
     auth_failures: usize,
-    /// A step produced by the command just processed (StartTls, Authenticate).
+    /// A step produced by the command just processed (StartTls, Authenticate, StartData).
     next_step: Option<Step>,
+    /// Command lines processed so far (for the driver's per-command deadline).
+    commands: u64,
 }
 
 impl<P: Policy> Session<P> {
@@ -217,6 +257,9 @@ impl<P: Policy> Session<P> {
             recipients: Vec::new(),
             errors: 0,
             awaiting_enqueue: false,
+            awaiting_start: false,
+            awaiting_write: false,
+            finishing: None,
             pending: None,
             deferred_close: None,
             overflow: false,
@@ -228,6 +271,7 @@ impl<P: Policy> Session<P> {
             auth_state: None,
             auth_failures: 0,
             next_step: None,
+            commands: 0,
         };
         let banner = Reply::plain(220, format!("{} ESMTP", session.config.hostname));
         session.push(&banner);
@@ -296,12 +340,59 @@ impl<P: Policy> Session<P> {
         self.reset_transaction();
     }
 
-    /// The idle timeout in force now (command or DATA).
-    pub fn timeout(&self) -> Duration {
-        match self.mode {
-            Mode::Command => self.config.command_timeout,
-            Mode::Data(_) => self.config.data_timeout,
+    /// The timeout in force now: for a whole command line in command mode, idle time
+    /// while reading DATA. Under stress (`stressed`: most of the listener's slots taken) the
+    /// shorter stress timeouts apply, as Postfix does.
+    pub fn timeout_under(&self, stressed: bool) -> Duration {
+        let (normal, stress) = match self.mode {
+            Mode::Command => (
+                self.config.command_timeout,
+                self.config.stress_command_timeout,
+            ),
+            Mode::Data(_) => (self.config.data_timeout, self.config.stress_data_timeout),
+        };
+        if stressed {
+            normal.min(stress)
+        } else {
+            normal
         }
+    }
+
+    /// The timeout in force now without stress (see [`Session::timeout_under`]).
+    pub fn timeout(&self) -> Duration {
+        self.timeout_under(false)
+    }
+
+    /// The session's limits and names.
+    pub fn config(&self) -> &SessionConfig {
+        &self.config
+    }
+
+    /// Command lines processed so far: the driver restarts the command deadline when it
+    /// changes.
+    pub fn commands_seen(&self) -> u64 {
+        self.commands
+    }
+
+    /// True while reading message text.
+    pub fn in_data(&self) -> bool {
+        matches!(self.mode, Mode::Data(_))
+    }
+
+    /// The listener needs this session's slot for a newcomer: queue a 421 and close at the
+    /// next step (not in the middle of an enqueue).
+    pub fn evicted(&mut self) {
+        let text = format!(
+            "{} Error: too many connections; closing an idle session",
+            self.config.hostname
+        );
+        self.close_soon(Reply::new(421, [4, 7, 0], text));
+    }
+
+    /// The client sends message text too slowly (below the minimum data rate).
+    pub fn too_slow(&mut self) {
+        let text = format!("{} Error: data rate too low", self.config.hostname);
+        self.close_soon(Reply::new(421, [4, 4, 2], text));
     }
 
     /// The client was idle too long: queue a 421 and close at the next step.
@@ -324,11 +415,20 @@ impl<P: Policy> Session<P> {
         }
         let enqueue_pending =
             matches!(self.pending, Some(Step::Enqueue(_) | Step::Authenticate(_)));
-        if self.awaiting_enqueue || self.awaiting_auth || enqueue_pending {
+        if self.awaiting_enqueue
+            || self.awaiting_auth
+            || self.waiting_for_driver()
+            || enqueue_pending
+        {
             self.deferred_close = Some(reply);
         } else {
             self.close_with(&reply);
         }
+    }
+
+    /// True while a DATA start or a write is with the driver.
+    fn waiting_for_driver(&self) -> bool {
+        self.awaiting_start || self.awaiting_write
     }
 
     /// The longest line the framer may hold in any mode.
@@ -346,6 +446,9 @@ impl<P: Policy> Session<P> {
                 return Step::Close;
             }
             if self.awaiting_enqueue || self.awaiting_auth || self.awaiting_tls {
+                return Step::NeedInput;
+            }
+            if self.waiting_for_driver() {
                 return Step::NeedInput;
             }
             if let Some(reply) = self.deferred_close.take() {
@@ -396,6 +499,7 @@ impl<P: Policy> Session<P> {
                         } else {
                             self.command(&line);
                         }
+                        self.commands = self.commands.wrapping_add(1);
                         if let Some(step) = self.next_step.take() {
                             return step;
                         }
@@ -409,6 +513,15 @@ impl<P: Policy> Session<P> {
     fn command(&mut self, line: &[u8]) {
         use smtp_proto::Request;
 
+        if line.contains(&0) {
+            tracing::debug!("command with a NUL character");
+            self.respond(Reply::new(
+                500,
+                [5, 5, 2],
+                "Error: bad syntax (NUL character)",
+            ));
+            return;
+        }
         if std::str::from_utf8(line).is_err() {
             tracing::debug!("command with invalid UTF-8");
             self.respond(Reply::new(

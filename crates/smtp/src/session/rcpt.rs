@@ -34,7 +34,7 @@ impl<P: Policy> Session<P> {
                 domain: self.config.hostname.to_ascii_lowercase(),
             }
         } else {
-            match Address::parse(&to.address, self.smtputf8) {
+            match Address::from_unquoted(&to.address, self.smtputf8) {
                 Ok(address) => address,
                 Err(error @ (AddressError::BadOnion | AddressError::BadDomain))
                     if self.submission() =>

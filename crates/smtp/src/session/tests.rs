@@ -91,7 +91,7 @@ fn full_transaction_with_dot_unstuffing() {
     // The domain is lower-cased.
     assert_eq!(tx.recipients, vec![alice(), bob()]);
     assert_eq!(
-        tx.data,
+        d.messages[0],
         b"Subject: hi\r\n\r\n.leading dot\r\n..two dots\r\n"
     );
     // A second transaction in the same session.
@@ -108,14 +108,27 @@ fn empty_message_and_eight_bit_bytes() {
     d.envelope();
     d.cmd("DATA", "354");
     assert_eq!(d.send(".\r\n"), "250 2.0.0 Ok: queued as Q1\r\n");
-    assert_eq!(d.enqueued[0].data, b"");
+    assert_eq!(d.messages[0], b"");
     d.envelope();
     d.cmd("DATA", "354");
-    d.send(b"\x00\xff\xfe binary\r\n. not the end\r\n.\r\n");
-    assert_eq!(
-        d.enqueued[1].data,
-        b"\x00\xff\xfe binary\r\n not the end\r\n"
-    );
+    d.send(b"\xff\xfe binary\r\n. not the end\r\n.\r\n");
+    assert_eq!(d.messages[1], b"\xff\xfe binary\r\n not the end\r\n");
+}
+
+#[test]
+fn nul_in_message_text_is_refused_never_passed_on() {
+    // A downstream that strips NULs would see "\r\n.\r\n" here: an end of data we never saw.
+    let mut d = Dialogue::ehlo();
+    d.envelope();
+    d.cmd("DATA", "354");
+    let out = d.send(b"Subject: x\r\n\r\nhello\r\n\x00.\r\nMAIL FROM:<a@b.org>\r\n.\r\n");
+    assert_eq!(codes(&out), ["554 5.6.0"]);
+    assert!(d.enqueued.is_empty());
+    assert_eq!(d.discarded, 1);
+    assert!(!d.closed);
+    // In a command line too.
+    d.cmd("NO\0OP", "500 5.5.2");
+    d.cmd("NOOP", "250 2.0.0");
 }
 
 #[test]
@@ -197,9 +210,15 @@ fn pipelined_envelope_in_one_write() {
         bob()
     );
     d.session.receive(batch.as_bytes());
-    assert!(matches!(d.session.step(), Step::NeedInput));
-    let out = String::from_utf8(d.session.take_output()).unwrap();
+    // DATA is prepared (Step::StartData) before the four replies go out together.
+    let out = d.drive();
     assert_eq!(codes(&out), ["250 2.1.0", "250 2.1.5", "250 2.1.5", "354"]);
+    assert_eq!(
+        d.writes.len(),
+        3,
+        "banner, EHLO, then one write: {:?}",
+        d.writes
+    );
     assert_eq!(d.send("hello\r\n.\r\n"), "250 2.0.0 Ok: queued as Q1\r\n");
 }
 
@@ -233,7 +252,7 @@ fn whole_transaction_and_quit_in_one_packet() {
     // One write for the whole batch (the enqueues do not flush).
     assert_eq!(d.writes.len(), 2);
     assert_eq!(d.enqueued.len(), 2);
-    assert_eq!(d.enqueued[0].data, b"line 1\r\n.x\r\n");
+    assert_eq!(d.messages[0], b"line 1\r\n.x\r\n");
     assert_eq!(d.enqueued[1].recipients, vec![bob()]);
 }
 
@@ -256,10 +275,22 @@ fn enqueue_reply_comes_before_later_pipelined_replies() {
     let mut d = Dialogue::ehlo();
     d.envelope();
     d.session.receive(b"DATA\r\nbody\r\n.\r\nNOOP\r\n");
+    let Step::StartData(started) = d.session.step() else {
+        panic!("expected StartData")
+    };
+    d.session.data_started(Ok(()));
+    let Step::Write(text) = d.session.step() else {
+        panic!("expected Write")
+    };
+    assert_eq!(text, b"body\r\n");
+    d.session.written(Ok(()));
     let Step::Enqueue(tx) = d.session.step() else {
         panic!("expected Enqueue")
     };
-    assert_eq!(tx.data, b"body\r\n");
+    assert_eq!(
+        tx, started,
+        "the envelope handed out at DATA is the one enqueued"
+    );
     d.session.enqueued(Ok("ABC".into()));
     assert!(matches!(d.session.step(), Step::NeedInput));
     let out = String::from_utf8(d.session.take_output()).unwrap();
@@ -429,7 +460,7 @@ fn message_too_big() {
     d.cmd("DATA", "354");
     d.send(&fits);
     assert_eq!(codes(&d.send(".\r\n")), ["250 2.0.0"]);
-    assert_eq!(d.enqueued[0].data.len(), 100);
+    assert_eq!(d.messages[0].len(), 100);
 }
 
 #[test]
@@ -444,7 +475,7 @@ fn long_data_line() {
         d.send(format!("{ok}{stuffed}.\r\n")),
         "250 2.0.0 Ok: queued as Q1\r\n"
     );
-    assert_eq!(d.enqueued[0].data.len(), 2000);
+    assert_eq!(d.messages[0].len(), 2000);
     d.envelope();
     d.cmd("DATA", "354");
     let long = "a".repeat(999) + "\r\n";
@@ -566,6 +597,10 @@ fn shutdown_during_enqueue_waits_for_the_outcome() {
     let mut d = Dialogue::ehlo();
     d.envelope();
     d.session.receive(b"DATA\r\nx\r\n.\r\n");
+    assert!(matches!(d.session.step(), Step::StartData(_)));
+    d.session.data_started(Ok(()));
+    assert!(matches!(d.session.step(), Step::Write(_)));
+    d.session.written(Ok(()));
     let Step::Enqueue(_) = d.session.step() else {
         panic!("expected Enqueue")
     };
@@ -688,7 +723,7 @@ fn crlf_split_across_reads_is_fine() {
     assert_eq!(d.send("line\r"), "");
     assert_eq!(d.send("\n.\r"), "");
     assert_eq!(d.send("\n"), "250 2.0.0 Ok: queued as Q1\r\n");
-    assert_eq!(d.enqueued[0].data, b"line\r\n");
+    assert_eq!(d.messages[0], b"line\r\n");
     // Byte by byte.
     d.envelope();
     d.cmd("DATA", "354");
@@ -697,7 +732,7 @@ fn crlf_split_across_reads_is_fine() {
         out += &d.send([*b]);
     }
     assert_eq!(codes(&out), ["250 2.0.0", "250 2.0.0"]);
-    assert_eq!(d.enqueued[1].data, b".a\r\nb\r\n");
+    assert_eq!(d.messages[1], b".a\r\nb\r\n");
 }
 
 // ---------------------------------------------------------------- addresses in the dialogue
@@ -819,6 +854,9 @@ fn garbage_never_panics() {
             for _ in 0..1000 {
                 match s.step() {
                     Step::NeedInput => break,
+                    Step::StartData(_) => s.data_started(Ok(())),
+                    Step::Write(_) => s.written(Ok(())),
+                    Step::DiscardData => {}
                     Step::Enqueue(_) => s.enqueued(Ok("id".into())),
                     Step::StartTls | Step::Authenticate(_) => panic!("onion side: no TLS, no AUTH"),
                     Step::Close => {
@@ -843,4 +881,101 @@ fn garbage_never_panics() {
             }
         }
     }
+}
+
+// ---------------------------------------------------------------- streaming DATA
+
+#[test]
+fn message_text_leaves_in_bounded_chunks() {
+    let mut d = Dialogue::with(SessionConfig {
+        max_message_size: 50 * 1024 * 1024,
+        ..config()
+    });
+    d.send("EHLO c\r\n");
+    d.envelope();
+    d.cmd("DATA", "354");
+    let line = "x".repeat(998) + "\r\n";
+    let block = line.repeat(100); // 100 kB per read
+    let mut sent = 0;
+    while sent < 20 * 1024 * 1024 {
+        assert_eq!(d.send(&block), "");
+        sent += block.len();
+        // The session never holds much: a chunk and the framer's read-ahead.
+        assert!(d.session.framer.capacity() <= 256 * 1024);
+    }
+    assert_eq!(codes(&d.send(".\r\n")), ["250 2.0.0"]);
+    assert_eq!(d.messages[0].len(), sent);
+    assert!(
+        d.largest_write <= 64 * 1024 + 1000,
+        "chunk of {}",
+        d.largest_write
+    );
+}
+
+#[test]
+fn a_full_disk_at_data_is_a_4xx_without_354() {
+    let mut d = Dialogue::ehlo();
+    d.begin_outcome = Some(Err(Reply::new(
+        452,
+        [4, 3, 1],
+        "Insufficient system storage",
+    )));
+    d.envelope();
+    d.cmd("DATA", "452 4.3.1");
+    // The transaction is gone; nothing was started.
+    d.cmd("DATA", "503 5.5.1");
+    assert!(d.enqueued.is_empty() && d.current.is_none());
+    d.begin_outcome = None;
+    d.envelope();
+    d.cmd("DATA", "354");
+}
+
+#[test]
+fn a_failed_write_reads_the_rest_and_answers_with_its_reply() {
+    let mut d = Dialogue::ehlo();
+    d.envelope();
+    d.cmd("DATA", "354");
+    d.write_outcome = Some(Err(Reply::new(
+        452,
+        [4, 3, 1],
+        "Insufficient system storage",
+    )));
+    let line = "y".repeat(998) + "\r\n";
+    d.send(line.repeat(200)); // more than a chunk: a write happens and fails
+                              // The client keeps sending; nothing more is written, the reply waits for the dot.
+    assert_eq!(d.send(line.repeat(10)), "");
+    assert_eq!(codes(&d.send(".\r\n")), ["452 4.3.1"]);
+    assert_eq!(d.discarded, 1);
+    assert!(d.enqueued.is_empty());
+    // Our failure is not the client's: the session goes on.
+    d.write_outcome = None;
+    d.envelope();
+    d.cmd("DATA", "354");
+    assert_eq!(codes(&d.send("ok\r\n.\r\n")), ["250 2.0.0"]);
+}
+
+#[test]
+fn quoted_local_parts_keep_their_quotes() {
+    let mut d = Dialogue::ehlo();
+    d.cmd("MAIL FROM:<\"x>Evil:y\"@example.org>", "250 2.1.0");
+    d.cmd(&format!("RCPT TO:<{}>", alice()), "250 2.1.5");
+    d.cmd("DATA", "354");
+    d.send("x\r\n.\r\n");
+    assert_eq!(d.enqueued[0].sender, "\"x>Evil:y\"@example.org");
+    d.cmd("MAIL FROM:<\"<evil@x>\"@example.org>", "250 2.1.0");
+    d.cmd(&format!("RCPT TO:<{}>", alice()), "250 2.1.5");
+    d.cmd("DATA", "354");
+    d.send("x\r\n.\r\n");
+    assert_eq!(d.enqueued[1].sender, "\"<evil@x>\"@example.org");
+}
+
+#[test]
+fn stress_shortens_the_timeouts() {
+    let d = Dialogue::ehlo();
+    let c = config();
+    assert_eq!(d.session.timeout_under(false), c.command_timeout);
+    assert_eq!(d.session.timeout_under(true), c.stress_command_timeout);
+    let d = in_data();
+    assert_eq!(d.session.timeout_under(false), c.data_timeout);
+    assert_eq!(d.session.timeout_under(true), c.stress_data_timeout);
 }

@@ -1,10 +1,13 @@
 //! SMTP replies with enhanced status codes, formatted with smtp-proto.
+#![doc = include_str!("../README.md")]
+
+use serde::{Deserialize, Serialize};
 
 /// One SMTP reply: basic code, enhanced status code (RFC 3463), text.
 ///
 /// An `enhanced` of `[0, 0, 0]` means "no enhanced status code" (used for the banner, the
 /// HELO reply and 354, where RFC 2034 does not call for one).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Reply {
     /// The three-digit code, e.g. 250.
     pub code: u16,
@@ -42,6 +45,21 @@ impl Reply {
     /// True for 4xx and 5xx.
     pub fn is_error(&self) -> bool {
         self.is_temporary() || self.is_permanent()
+    }
+
+    /// The enhanced status code as text (`"5.1.1"`), or the class alone (`"5.0.0"`) when
+    /// the reply has none.
+    pub fn status(&self) -> String {
+        match self.enhanced {
+            [0, 0, 0] => format!("{}.0.0", (self.code / 100).clamp(2, 5)),
+            [a, b, c] => format!("{a}.{b}.{c}"),
+        }
+    }
+
+    /// The same reply with `prefix` before its text (e.g. who gave it).
+    pub fn context(mut self, prefix: impl std::fmt::Display) -> Reply {
+        self.text = format!("{prefix}: {}", self.text);
+        self
     }
 
     /// The wire form, `"250 2.1.0 text\r\n"`.
@@ -109,6 +127,19 @@ mod tests {
     fn no_line_injection() {
         let r = Reply::new(550, [5, 1, 1], "a\r\n250 2.0.0 forged");
         assert_eq!(r.to_bytes(), b"550 5.1.1 a??250 2.0.0 forged\r\n");
+    }
+
+    #[test]
+    fn stored_as_structured_data() {
+        let r = Reply::new(550, [5, 1, 1], "No such user");
+        let json = serde_json::to_string(&r).unwrap();
+        assert_eq!(
+            json,
+            r#"{"code":550,"enhanced":[5,1,1],"text":"No such user"}"#
+        );
+        assert_eq!(serde_json::from_str::<Reply>(&json).unwrap(), r);
+        assert_eq!(r.status(), "5.1.1");
+        assert_eq!(Reply::plain(421, "x").status(), "4.0.0");
     }
 
     #[test]
