@@ -541,3 +541,56 @@ def send_raw_transaction(r: Raw, sender: str, rcpts: list[str], data: bytes) -> 
     assert code == 354, text
     r.send(data + b".\r\n")
     return r.reply(timeout=20)
+
+
+# --------------------------------------------------------------------------------------
+# Local users of the machine (for the tests of local submission)
+# --------------------------------------------------------------------------------------
+
+# A user who is in [local] users of the servers these tests make, and one who is not.
+LOCAL_USER = "smtorpta"
+OTHER_USER = "smtorptm"
+
+
+def ensure_system_user(name: str) -> int:
+    """Creates a system user without a home (once) and returns its uid. Needs root."""
+    import pwd
+
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        pass
+    r = subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+                       capture_output=True, timeout=30)
+    assert r.returncode == 0, f"useradd {name}: {r.stderr!r}"
+    return pwd.getpwnam(name).pw_uid
+
+
+@pytest.fixture(scope="session")
+def system_users():
+    """(local user, other user) of the machine, created once; the tests run as root."""
+    assert os.geteuid() == 0, "these tests create users and must run as root"
+    return ensure_system_user(LOCAL_USER), ensure_system_user(OTHER_USER)
+
+
+@pytest.fixture
+def public_tmp():
+    """A temporary folder other users can enter (pytest's own are 0700)."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="smtorp-public-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def as_user(user: str, argv: list[str], input: bytes = b"", timeout: float = 30) -> subprocess.CompletedProcess:
+    """Runs a command as another user of the machine (runuser), without our environment."""
+    import shutil
+
+    runuser = shutil.which("runuser", path="/usr/sbin:/sbin:/usr/bin:/bin")
+    assert runuser, "runuser is missing (package util-linux)"
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+    return subprocess.run([runuser, "-u", user, "--", *argv], input=input, capture_output=True,
+                          timeout=timeout, env=env)
