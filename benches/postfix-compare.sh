@@ -204,31 +204,11 @@ virtual_mailbox_limit = 0
 smtpd_client_connection_count_limit = 0
 smtpd_client_connection_rate_limit = 0
 EOF
-cat >"$PF_DIR/etc/master.cf" <<EOF
-127.0.0.1:$P_PORT inet n - n - - smtpd
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-proxywrite unix -       -       n       -       1       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-local     unix  -       n       n       -       -       local
-virtual   unix  -       n       n       -       -       virtual
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-EOF
+# The services are shared with tests/test_postfix.py.
+{
+    echo "127.0.0.1:$P_PORT inet n - n - - smtpd"
+    cat "$REPO/tests/data/postfix-master.cf"
+} >"$PF_DIR/etc/master.cf"
 # Creates the queue and data directories with their owners and modes.
 postfix -c "$PF_DIR/etc" set-permissions >"$PF_DIR/setup.log" 2>&1 \
     || die "postfix set-permissions failed: $(tail -5 "$PF_DIR/setup.log")"

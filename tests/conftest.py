@@ -118,6 +118,29 @@ def contains_hostname(text: str) -> bool:
     return re.search(r"(?<![a-z0-9-])" + re.escape(host) + r"(?![a-z0-9-])", cleaned) is not None
 
 
+def wait_until(predicate, timeout: float = 10.0, what: str = "the condition", every: float = 0.05):
+    """Polls `predicate` until it is true; fails after `timeout` seconds (for waiting on an
+    event instead of sleeping a fixed time)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what} not reached within {timeout}s")
+        time.sleep(every)
+
+
+def holds_for(predicate, seconds: float, what: str = "the condition", every: float = 0.1):
+    """Asserts that `predicate` stays true for `seconds` (for "nothing more happens":
+    no duplicate, no late delivery)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert predicate(), f"{what} stopped holding"
+        time.sleep(every)
+    assert predicate(), f"{what} stopped holding"
+
+
 def all_files(root: Path) -> set[str]:
     """Every path (files and folders) below root, relative, as strings."""
     out = set()

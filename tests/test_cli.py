@@ -5,7 +5,7 @@ import signal
 import subprocess
 import time
 
-from conftest import make_onion, smtp
+from conftest import holds_for, make_onion, smtp
 
 
 def run(smtorp_bin, *args, timeout=30, input=b""):
@@ -182,7 +182,7 @@ def test_mail_survives_restart(server):
             c.sendmail(f"x@{make_onion()}", [server.addr("alice")], f"Subject: r{i}\r\n\r\nx\r\n".encode())
     server.stop()
     server.start()
-    msgs = server.wait_for_messages("alice", 5)
-    time.sleep(1)
+    server.wait_for_messages("alice", 5)
+    holds_for(lambda: server.count("alice") == 5, 1.0, "no duplicate")
     msgs = server.messages("alice")
     assert sorted(m["Subject"] for m in msgs) == [f"r{i}" for i in range(5)]

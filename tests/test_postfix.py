@@ -18,31 +18,11 @@ import pytest
 
 from conftest import free_port, make_onion, port_open
 
-MASTER_CF = """\
-127.0.0.1:{port} inet n - n - - smtpd
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-proxywrite unix -       -       n       -       1       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-local     unix  -       n       n       -       -       local
-virtual   unix  -       n       n       -       -       virtual
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-"""
+def master_cf(port: int) -> str:
+    """The throwaway Postfix's master.cf: an smtpd on 127.0.0.1:port and the services it
+    shares with benches/postfix-compare.sh (tests/data/postfix-master.cf)."""
+    services = (Path(__file__).parent / "data" / "postfix-master.cf").read_text()
+    return f"127.0.0.1:{port} inet n - n - - smtpd\n" + services
 
 
 class Postfix:
@@ -97,7 +77,7 @@ queue_run_delay = 1s
 minimal_backoff_time = 1s
 maximal_backoff_time = 2s
 """)
-        (etc / "master.cf").write_text(MASTER_CF.format(port=self.port))
+        (etc / "master.cf").write_text(master_cf(self.port))
         for step in ("set-permissions", "check", "start"):
             r = subprocess.run(["postfix", "-c", str(etc), step], capture_output=True, timeout=60)
             assert r.returncode == 0, f"postfix {step}: {r.stdout!r} {r.stderr!r} {self.maillog()[-2000:]}"

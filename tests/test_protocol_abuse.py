@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import Raw, make_onion, raw, send_raw_transaction, smtp
+from conftest import Raw, holds_for, make_onion, raw, send_raw_transaction, smtp
 
 
 def ehlo(r):
@@ -101,8 +101,8 @@ def test_data_line_over_1000_octets(server):
             r, f"x@{make_onion()}", [server.addr("alice")],
             b"Subject: ok998\r\n\r\n" + b"w" * 998 + b"\r\n")
         assert code == 250, text
-    msgs = server.wait_for_messages("alice", 1)
-    time.sleep(1)
+    server.wait_for_messages("alice", 1)
+    holds_for(lambda: server.count("alice") == 1, 1.0, "only the good message")
     msgs = server.messages("alice")
     assert [m["Subject"] for m in msgs] == ["ok998"]
     assert msgs[0].get_payload() == "w" * 998 + "\n"
@@ -229,8 +229,8 @@ def test_message_over_max_size(server_factory):
         code, text = send_raw_transaction(r, f"x@{make_onion()}", [srv.addr("alice")],
                                           b"Subject: small\r\n\r\nsmall\r\n")
         assert code == 250, text
-    msgs = srv.wait_for_messages("alice", 1)
-    time.sleep(1)
+    srv.wait_for_messages("alice", 1)
+    holds_for(lambda: srv.count("alice") == 1, 1.0, "only the small message")
     assert [m["Subject"] for m in srv.messages("alice")] == ["small"]
 
 
@@ -248,8 +248,7 @@ def test_too_many_recipients(server_factory):
         assert r.reply(timeout=20)[0] == 250
     for u in ("alice", "bob", "carol"):
         assert srv.wait_for_messages(u, 1)[0]["Subject"] == "three"
-    time.sleep(0.5)
-    assert srv.count("dave") == 0
+    holds_for(lambda: srv.count("dave") == 0, 0.5, "nothing for dave")
 
 
 # ---------------------------------------------------------------------------------------

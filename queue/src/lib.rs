@@ -811,7 +811,6 @@ pub const STORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
 

@@ -1,5 +1,6 @@
 //! Tests of the public queue API: insert, due index, update, remove, sync, reopen, locking.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#![cfg(test)]
 
 use std::path::Path;
 use std::sync::Arc;

@@ -3,7 +3,8 @@
 //! once `sync` returned, while other messages are still being received; the parent kills it
 //! mid-loop, reopens the queue and checks that every printed id is there with its complete
 //! content and that recovery left no spool file without a message.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#![cfg(test)]
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;

@@ -485,7 +485,6 @@ impl Sink for RemoteDelivery {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     async fn written(body: &[u8]) -> Vec<u8> {

@@ -2,7 +2,7 @@
 //! real queue: retry schedule, last step repeating, expiry and bounce, grouping by route,
 //! the concurrency limit, per-destination back-off and session limit.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![cfg(test)]
 
 use std::collections::VecDeque;
 use std::path::PathBuf;

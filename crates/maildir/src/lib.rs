@@ -354,7 +354,6 @@ fn write_and_sync(file: File, prefix: &[u8], body: &mut dyn io::Read) -> io::Res
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
     use std::os::unix::fs::PermissionsExt;

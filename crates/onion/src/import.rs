@@ -83,7 +83,6 @@ pub fn import_ctor_key(settings: &OnionSettings, path: &Path) -> Result<String, 
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

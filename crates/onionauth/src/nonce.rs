@@ -76,7 +76,6 @@ impl fmt::Debug for Nonce {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

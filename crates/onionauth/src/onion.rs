@@ -134,7 +134,6 @@ fn checksum(key: &[u8; 32]) -> [u8; 2] {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     /// The Tor Project's onion service.

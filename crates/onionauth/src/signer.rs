@@ -169,7 +169,6 @@ fn expand_seed(seed: &[u8; 32]) -> Zeroizing<[u8; 64]> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn hex(s: &str) -> Vec<u8> {

@@ -1,7 +1,8 @@
 //! The protocol end to end without a network: the test vector of docs/sender-auth.md, the
 //! attacks the signed message is built to stop, every malformed input, and the session
 //! rules.
-#![allow(clippy::unwrap_used)]
+
+#![cfg(test)]
 
 use data_encoding::{BASE64, HEXLOWER};
 use smtorp_onionauth::*;

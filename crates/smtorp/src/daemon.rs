@@ -49,7 +49,7 @@ impl Bouncer for LateBouncer {
 }
 
 /// Opens the queue, naming the likely cause when another process holds it.
-pub fn open_queue(settings: &Settings) -> anyhow::Result<Queue> {
+pub(crate) fn open_queue(settings: &Settings) -> anyhow::Result<Queue> {
     Queue::open(&settings.queue_dir()).with_context(|| {
         format!(
             "cannot open the queue in {} (is another smtorp daemon running with this data_dir?)",
@@ -59,7 +59,7 @@ pub fn open_queue(settings: &Settings) -> anyhow::Result<Queue> {
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
-pub async fn run(settings: Settings) -> anyhow::Result<()> {
+pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     let settings = Arc::new(settings);
     layout::create(&settings)?;
     let queue = Arc::new(open_queue(&settings)?);
@@ -101,7 +101,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         },
         SchedulerConfig {
             retry_after: settings.retry_after.clone(),
-            max_lifetime: settings.max_lifetime,
+            max_lifetime: settings.config.delivery.max_lifetime,
             concurrency: settings.config.delivery.concurrency,
             sessions_per_destination: SESSIONS_PER_DESTINATION,
         },

@@ -11,12 +11,12 @@
 //! - [`admin`]: the control socket and the queue and status commands;
 //! - [`daemon`]: `smtorp run`, which wires all of it together.
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod cli;
-pub mod config;
-pub mod daemon;
-pub mod intake;
-pub mod listen;
-pub mod local;
-pub mod onion;
-pub mod policy;
+pub(crate) mod config;
+pub(crate) mod daemon;
+pub(crate) mod intake;
+pub(crate) mod listen;
+pub(crate) mod local;
+pub(crate) mod onion;
+pub(crate) mod policy;

@@ -230,7 +230,6 @@ pub fn onion_v3_from_key(key: &[u8; 32]) -> String {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     /// The Tor Project's onion service.

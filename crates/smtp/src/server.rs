@@ -465,7 +465,6 @@ where
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use std::sync::{Arc, Mutex};
     use std::time::Duration;

@@ -1,6 +1,6 @@
 //! Test helpers shared by the session and driver tests: a policy for one onion domain and
 //! an expect-style dialogue driver.
-#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+#![allow(unreachable_pub)]
 
 use std::sync::LazyLock;
 

@@ -67,7 +67,6 @@ pub fn arti_toml(layout: &Layout) -> String {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use crate::layout::sample_layout;
 

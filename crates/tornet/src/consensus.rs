@@ -110,7 +110,6 @@ pub async fn fetch_summary(port: u16) -> Result<ConsensusSummary, TornetError> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     const SAMPLE: &str = "network-status-version 3 microdesc

@@ -154,7 +154,6 @@ pub(crate) fn generate_relay_identity(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     #[test]

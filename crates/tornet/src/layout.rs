@@ -112,7 +112,6 @@ pub(crate) fn sample_layout() -> Layout {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     #[test]

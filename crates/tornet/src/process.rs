@@ -125,23 +125,19 @@ pub(crate) fn read_pid(path: &Path) -> Option<u32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
-/// Sends `signal` (`TERM`, `KILL`) to every PID with `/bin/kill`.
+/// Sends `signal` (`TERM`, `KILL`) to every PID.
 fn send(signal: &str, pids: &[u32]) -> Result<(), TornetError> {
-    if pids.is_empty() {
-        return Ok(());
+    use nix::sys::signal::{kill, Signal};
+    let signal = match signal {
+        "KILL" => Signal::SIGKILL,
+        "STOP" => Signal::SIGSTOP,
+        "CONT" => Signal::SIGCONT,
+        _ => Signal::SIGTERM,
+    };
+    for &pid in pids {
+        // A process may have exited between the check and the kill: ignored.
+        let _ = kill(nix::unistd::Pid::from_raw(pid as i32), signal);
     }
-    // Exit status ignored: a process may have exited between the check and the kill.
-    Command::new("kill")
-        .arg(format!("-{signal}"))
-        .args(pids.iter().map(u32::to_string))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map_err(|error| TornetError::NotInstalled {
-            program: "kill".into(),
-            error,
-        })?;
     Ok(())
 }
 
@@ -181,7 +177,6 @@ pub(crate) fn stop(procs: &[TorProcess], grace: Duration) -> Result<Vec<String>,
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     /// A process that ignores SIGTERM, with `marker` on its command line like a torrc.

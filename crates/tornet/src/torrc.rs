@@ -95,7 +95,6 @@ pub fn client_torrc(node_dir: &Path, socks_port: u16, authorities: &[Node]) -> S
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use crate::layout::sample_layout;
 

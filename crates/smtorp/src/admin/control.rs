@@ -21,7 +21,7 @@ use crate::admin::{Admin, Answer, Request};
 /// The daemon's answer.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Response {
+pub(crate) enum Response {
     /// It worked.
     Ok(Answer),
     /// What went wrong.
@@ -29,7 +29,7 @@ pub enum Response {
 }
 
 /// Serves the control socket until shutdown.
-pub async fn serve(
+pub(crate) async fn serve(
     path: PathBuf,
     admin: Arc<Admin>,
     mut shutdown: watch::Receiver<bool>,
@@ -83,7 +83,7 @@ async fn answer(stream: UnixStream, admin: &Admin) -> anyhow::Result<()> {
 }
 
 /// Asks a running daemon; `Ok(None)` if no daemon answers on `path`.
-pub fn ask(path: &Path, request: &Request) -> anyhow::Result<Option<Answer>> {
+pub(crate) fn ask(path: &Path, request: &Request) -> anyhow::Result<Option<Answer>> {
     use std::io::{BufRead, Write};
     let mut stream = match std::os::unix::net::UnixStream::connect(path) {
         Ok(s) => s,

@@ -2,8 +2,8 @@
 //! one executor, used by the daemon behind its control socket and by the CLI directly when
 //! no daemon runs (sled lets only one process open the queue).
 
-pub mod control;
-pub mod queue_cmd;
+pub(crate) mod control;
+pub(crate) mod queue_cmd;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,7 +23,7 @@ use crate::intake::headers::{split_header, unix_now};
 /// A request (the JSON line sent over the control socket).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "kebab-case")]
-pub enum Request {
+pub(crate) enum Request {
     /// Every queued envelope.
     QueueList,
     /// One message: envelope and header.
@@ -50,7 +50,7 @@ pub enum Request {
 /// A successful answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Answer {
+pub(crate) enum Answer {
     /// For `QueueList`.
     Envelopes(Vec<Envelope>),
     /// For `QueueShow`.
@@ -68,34 +68,34 @@ pub enum Answer {
 
 /// What `smtorp status` shows.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct StatusReport {
+pub(crate) struct StatusReport {
     /// True when a daemon answered.
-    pub daemon_running: bool,
+    pub(crate) daemon_running: bool,
     /// Seconds since the daemon started.
-    pub uptime_secs: Option<u64>,
+    pub(crate) uptime_secs: Option<u64>,
     /// Our onion address, if any.
-    pub onion_address: Option<String>,
+    pub(crate) onion_address: Option<String>,
     /// arti's bootstrap status, when the onion service is on.
-    pub tor: Option<String>,
+    pub(crate) tor: Option<String>,
     /// arti's view of the onion service.
-    pub onion_service: Option<String>,
+    pub(crate) onion_service: Option<String>,
     /// Messages in the queue.
-    pub messages: usize,
+    pub(crate) messages: usize,
     /// Recipients waiting for a first attempt.
-    pub recipients_new: usize,
+    pub(crate) recipients_new: usize,
     /// Recipients deferred after a failed attempt.
-    pub recipients_deferred: usize,
+    pub(crate) recipients_deferred: usize,
     /// Recipients delivered since start (daemon only).
-    pub delivered_since_start: Option<u64>,
+    pub(crate) delivered_since_start: Option<u64>,
     /// Attempts deferred since start (daemon only).
-    pub deferred_since_start: Option<u64>,
+    pub(crate) deferred_since_start: Option<u64>,
     /// Recipients failed since start (daemon only).
-    pub failed_since_start: Option<u64>,
+    pub(crate) failed_since_start: Option<u64>,
     /// Outbound SMTP connections opened since start (daemon only).
-    pub connections_since_start: Option<u64>,
+    pub(crate) connections_since_start: Option<u64>,
     /// False while the queue's store does not answer (a full disk, a hung device).
     #[serde(default = "yes")]
-    pub queue_available: bool,
+    pub(crate) queue_available: bool,
 }
 
 fn yes() -> bool {
@@ -103,23 +103,23 @@ fn yes() -> bool {
 }
 
 /// Runs administrative requests against a queue.
-pub struct Admin {
+pub(crate) struct Admin {
     /// The queue.
-    pub queue: Arc<Queue>,
+    pub(crate) queue: Arc<Queue>,
     /// Bounces for `queue delete`.
-    pub bouncer: Arc<DsnBouncer>,
+    pub(crate) bouncer: Arc<DsnBouncer>,
     /// The delivery scheduler: wake-up, back-offs, counters (daemon only).
-    pub scheduler: Option<SchedulerHandle>,
+    pub(crate) scheduler: Option<SchedulerHandle>,
     /// The remote deliverer, for its connection counter (daemon only).
-    pub remote: Option<Arc<RemoteDelivery>>,
+    pub(crate) remote: Option<Arc<RemoteDelivery>>,
     /// The Tor client, once bootstrapped (daemon only).
-    pub transport: Option<Arc<OnceCell<Arc<OnionTransport>>>>,
+    pub(crate) transport: Option<Arc<OnceCell<Arc<OnionTransport>>>>,
     /// The onion service, once launched (daemon only).
-    pub service: Option<Arc<OnceCell<ServiceStatus>>>,
+    pub(crate) service: Option<Arc<OnceCell<ServiceStatus>>>,
     /// Our onion address.
-    pub address: Option<String>,
+    pub(crate) address: Option<String>,
     /// When the daemon started (daemon only).
-    pub started: Option<Instant>,
+    pub(crate) started: Option<Instant>,
 }
 
 fn parse_id(text: &str) -> Result<QueueId, String> {
@@ -137,7 +137,7 @@ impl Admin {
 
     /// Executes one request. Store calls are bounded in time: a stuck store gives an error,
     /// never a hang.
-    pub async fn execute(&self, request: Request) -> Result<Answer, String> {
+    pub(crate) async fn execute(&self, request: Request) -> Result<Answer, String> {
         let queue = &self.queue;
         match request {
             Request::QueueList => queue

@@ -19,7 +19,7 @@ use crate::intake::Intake;
 use crate::policy::Directory;
 
 /// Runs `request` on the daemon, or on the store when no daemon answers.
-pub fn run(settings: &Arc<Settings>, request: Request) -> anyhow::Result<Answer> {
+pub(crate) fn run(settings: &Arc<Settings>, request: Request) -> anyhow::Result<Answer> {
     if let Some(answer) = control::ask(&settings.control_socket(), &request)? {
         return Ok(answer);
     }
@@ -72,7 +72,7 @@ fn state(s: RecipientState) -> &'static str {
 }
 
 /// One line of `queue list`.
-pub fn format_line(env: &Envelope, now: u64) -> String {
+pub(crate) fn format_line(env: &Envelope, now: u64) -> String {
     let sender = if env.sender.is_empty() {
         "<>"
     } else {
@@ -113,7 +113,7 @@ pub fn format_line(env: &Envelope, now: u64) -> String {
 }
 
 /// Prints an answer for a person.
-pub fn print(answer: Answer) -> anyhow::Result<()> {
+pub(crate) fn print(answer: Answer) -> anyhow::Result<()> {
     let now = unix_now();
     match answer {
         Answer::Envelopes(list) => {
@@ -195,7 +195,7 @@ fn print_status(s: &StatusReport) {
 }
 
 /// Checks a queue id argument early, with a clear message.
-pub fn check_id(id: &str) -> anyhow::Result<()> {
+pub(crate) fn check_id(id: &str) -> anyhow::Result<()> {
     if id.len() != 16 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
         bail!("`{id}` is not a queue id (16 hex digits, as `smtorp queue list` shows)");
     }

@@ -32,10 +32,8 @@ impl Server {
 
     fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
@@ -212,7 +210,7 @@ fn show_message(path: &Path) {
 }
 
 /// Runs the demo in `keep` (left in place) or a temporary folder (removed).
-pub async fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
+pub(crate) async fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
     let started = Instant::now();
     let temp;
     let dir = match &keep {

@@ -1,7 +1,10 @@
-//! The command line's helpers: printing that survives a closed pipe, `smtorp sendmail`,
-//! and the private-network demo.
+//! The command line: the commands (`command`), printing that survives a closed pipe,
+//! `smtorp sendmail`, and the private-network demo.
 
+mod command;
 #[cfg(feature = "demo")]
-pub mod demo;
-pub mod output;
-pub mod sendmail;
+pub(crate) mod demo;
+pub(crate) mod output;
+pub(crate) mod sendmail;
+
+pub use command::main;

@@ -5,7 +5,7 @@
 use std::io::Write;
 
 /// Writes one line to stdout; exits 0 if the reader has gone away.
-pub fn line(args: std::fmt::Arguments<'_>) {
+pub(crate) fn line(args: std::fmt::Arguments<'_>) {
     let mut out = std::io::stdout().lock();
     if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
         if e.kind() == std::io::ErrorKind::BrokenPipe {

@@ -20,28 +20,28 @@ use crate::local::{self, maildrop, Answer, Request};
 use crate::policy::{self, Directory, Side};
 
 /// sysexits.h codes sendmail callers understand.
-pub mod exit {
+pub(crate) mod exit {
     /// Command line usage error.
-    pub const USAGE: i32 = 64;
+    pub(crate) const USAGE: i32 = 64;
     /// The message or an address is malformed.
-    pub const DATAERR: i32 = 65;
+    pub(crate) const DATAERR: i32 = 65;
     /// An addressee is unknown or not deliverable by us.
-    pub const NOUSER: i32 = 67;
+    pub(crate) const NOUSER: i32 = 67;
     /// Cannot write to the maildrop.
-    pub const CANTCREAT: i32 = 73;
+    pub(crate) const CANTCREAT: i32 = 73;
     /// Try again later (the daemon said so: a full disk, an unavailable queue).
-    pub const TEMPFAIL: i32 = 75;
+    pub(crate) const TEMPFAIL: i32 = 75;
     /// Not allowed (this user may not submit, or not with this sender).
-    pub const NOPERM: i32 = 77;
+    pub(crate) const NOPERM: i32 = 77;
 }
 
 /// A failure with the exit code sendmail callers expect.
 #[derive(Debug)]
-pub struct SendmailError {
+pub(crate) struct SendmailError {
     /// The sysexits code.
-    pub code: i32,
+    pub(crate) code: i32,
     /// What to print.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 fn fail(code: i32, message: impl Into<String>) -> SendmailError {
@@ -53,19 +53,19 @@ fn fail(code: i32, message: impl Into<String>) -> SendmailError {
 
 /// Parsed sendmail options.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Options {
+pub(crate) struct Options {
     /// `-f`/`-r`: the envelope sender (`Some("")` for `<>`).
-    pub from: Option<String>,
+    pub(crate) from: Option<String>,
     /// `-t`: take recipients from the header.
-    pub recipients_from_header: bool,
+    pub(crate) recipients_from_header: bool,
     /// `-i`/`-oi`: a line with a single dot does not end the input.
-    pub ignore_dots: bool,
+    pub(crate) ignore_dots: bool,
     /// Recipients given as arguments.
-    pub recipients: Vec<String>,
+    pub(crate) recipients: Vec<String>,
 }
 
 /// Parses sendmail's command line (without the program name).
-pub fn parse_args(args: &[String]) -> Result<Options, SendmailError> {
+pub(crate) fn parse_args(args: &[String]) -> Result<Options, SendmailError> {
     let mut options = Options::default();
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
@@ -133,7 +133,7 @@ pub fn parse_args(args: &[String]) -> Result<Options, SendmailError> {
 
 /// Reads the message from `input`: up to EOF, or up to a line with a single `.` unless
 /// `ignore_dots`.
-pub fn read_message(mut input: impl BufRead, ignore_dots: bool) -> std::io::Result<Vec<u8>> {
+pub(crate) fn read_message(mut input: impl BufRead, ignore_dots: bool) -> std::io::Result<Vec<u8>> {
     let mut message = Vec::new();
     if ignore_dots {
         input.read_to_end(&mut message)?;
@@ -226,7 +226,7 @@ fn via_socket(
 
 /// The whole command: parse, read stdin, check, hand over (socket, else maildrop). Returns
 /// the queue id, or the path of the maildrop file.
-pub fn run(
+pub(crate) fn run(
     args: &[String],
     directory: &Directory,
     submit_socket: &Path,
@@ -293,7 +293,6 @@ pub fn run(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn args(a: &[&str]) -> Vec<String> {

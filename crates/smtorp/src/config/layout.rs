@@ -31,7 +31,7 @@ fn ensure_dir(path: &Path, mode: u32, created: &mut Vec<PathBuf>) -> anyhow::Res
 }
 
 /// Creates what is missing; returns what it created.
-pub fn create(settings: &Settings) -> anyhow::Result<Vec<PathBuf>> {
+pub(crate) fn create(settings: &Settings) -> anyhow::Result<Vec<PathBuf>> {
     let mut created = Vec::new();
     ensure_dir(&settings.config.data_dir, 0o711, &mut created)?;
     ensure_dir(&settings.queue_dir(), 0o700, &mut created)?;
@@ -57,10 +57,40 @@ pub fn create(settings: &Settings) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 /// Our onion address, once the onion service has made its keys (`onion/hostname`).
-pub fn onion_address(settings: &Settings) -> Option<String> {
+pub(crate) fn onion_address(settings: &Settings) -> Option<String> {
     let text = fs::read_to_string(settings.config.data_dir.join("onion").join("hostname")).ok()?;
     let name = text.trim().to_ascii_lowercase();
     smtorp_smtp::address::validate_onion_v3(&name)
         .ok()
         .map(|()| name)
+}
+
+/// Writes `bytes` to `path` atomically and durably, with `mode`: a temporary file beside
+/// it, fsync, rename over `path`, fsync of the folder. A crash leaves the old file or the
+/// new one, never half of one. (The one helper for the password file, the TLS files and
+/// the onion hostname file.)
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)?;
+        fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
 }

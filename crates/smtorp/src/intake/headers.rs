@@ -9,46 +9,16 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rand::RngCore;
 
 /// Seconds since the Unix epoch, now.
-pub fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
 
-/// An RFC 5322 date in UTC, e.g. `Thu, 26 Nov 2026 22:14:48 +0000`.
-pub fn rfc5322_date(unix: u64) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let days = unix / 86400;
-    let secs = unix % 86400;
-    let (year, month, day) = civil_from_days(days as i64);
-    format!(
-        "{}, {:02} {} {} {:02}:{:02}:{:02} +0000",
-        DAYS[(days % 7) as usize],
-        day,
-        MONTHS[(month - 1) as usize],
-        year,
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day); Howard Hinnant's algorithm.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
+/// An RFC 5322 date in UTC, e.g. `Thu, 26 Nov 2026 22:14:48 +0000` (mail-parser's).
+pub(crate) fn rfc5322_date(unix: u64) -> String {
+    mail_parser::DateTime::from_timestamp(i64::try_from(unix).unwrap_or(i64::MAX)).to_rfc822()
 }
 
 /// The client's EHLO name if it is a plain domain name (letters, digits, hyphens, dots),
@@ -68,7 +38,7 @@ fn helo_name(text: &str) -> Option<&str> {
 
 /// How a message reached us, for the `with` clause of Received.
 #[derive(Debug, Clone, Copy)]
-pub enum Via {
+pub(crate) enum Via {
     /// SMTP from the onion side (or an `[smtp] listen` listener).
     Smtp,
     /// `smtorp sendmail` (maildrop pickup).
@@ -77,7 +47,13 @@ pub enum Via {
 
 /// Our Received header (CRLF-terminated, folded): `from <helo>` only for SMTP, never an
 /// IP address or host name of ours, the date in UTC.
-pub fn received(helo: Option<&str>, by: &str, via: Via, queue_id: &str, unix: u64) -> String {
+pub(crate) fn received(
+    helo: Option<&str>,
+    by: &str,
+    via: Via,
+    queue_id: &str,
+    unix: u64,
+) -> String {
     let from = match helo.and_then(helo_name) {
         Some(helo) => format!("from {helo} "),
         None => String::new(),
@@ -93,16 +69,15 @@ pub fn received(helo: Option<&str>, by: &str, via: Via, queue_id: &str, unix: u6
 }
 
 /// A fresh Message-ID value, `<32 hex digits@domain>`.
-pub fn message_id(domain: &str) -> String {
+pub(crate) fn message_id(domain: &str) -> String {
     let mut bytes = [0u8; 16];
     rand::thread_rng().fill_bytes(&mut bytes);
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("<{hex}@{domain}>")
+    format!("<{}@{domain}>", data_encoding::HEXLOWER.encode(&bytes))
 }
 
 /// The header section of a raw message (up to and including the blank line), and the rest.
 /// A message without a blank line is all header.
-pub fn split_header(message: &[u8]) -> (&[u8], &[u8]) {
+pub(crate) fn split_header(message: &[u8]) -> (&[u8], &[u8]) {
     let mut pos = 0;
     while pos < message.len() {
         let end = message[pos..]
@@ -121,20 +96,20 @@ pub fn split_header(message: &[u8]) -> (&[u8], &[u8]) {
 
 /// Where the header section of a message ends (see [`header_end`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HeaderEnd {
+pub(crate) struct HeaderEnd {
     /// Bytes of header fields (without the blank line).
-    pub fields: usize,
+    pub(crate) fields: usize,
     /// Where the body starts (after the blank line, if there was one).
-    pub body: usize,
+    pub(crate) body: usize,
     /// True if a blank line separated header and body.
-    pub blank_line: bool,
+    pub(crate) blank_line: bool,
 }
 
 /// Finds the end of the header section at the start of `text`: the first blank line, or
 /// the first line that is neither a header field nor a continuation (a message without a
 /// header, or a malformed one: its body starts there). `None` while no complete line
 /// decides it yet; with `complete` (all of the message is here) everything is header.
-pub fn header_end(text: &[u8], complete: bool) -> Option<HeaderEnd> {
+pub(crate) fn header_end(text: &[u8], complete: bool) -> Option<HeaderEnd> {
     let mut pos = 0;
     while let Some(i) = text[pos..].iter().position(|&b| b == b'\n') {
         let line = &text[pos..=pos + i];
@@ -163,7 +138,7 @@ pub fn header_end(text: &[u8], complete: bool) -> Option<HeaderEnd> {
 }
 
 /// True if `line` starts a header field: a name of printable characters, then `:`.
-pub fn is_field_line(line: &[u8]) -> bool {
+pub(crate) fn is_field_line(line: &[u8]) -> bool {
     let name_len = line
         .iter()
         .position(|&b| !(33..=126).contains(&b) || b == b':')
@@ -173,7 +148,7 @@ pub fn is_field_line(line: &[u8]) -> bool {
 
 /// The header fields of a header section as (name, raw field including continuation
 /// lines and line ends), in order.
-pub fn fields(header: &[u8]) -> Vec<(String, &[u8])> {
+pub(crate) fn fields(header: &[u8]) -> Vec<(String, &[u8])> {
     let mut out: Vec<(String, &[u8])> = Vec::new();
     let mut start: Option<(String, usize)> = None;
     let mut pos = 0;
@@ -211,12 +186,12 @@ pub fn fields(header: &[u8]) -> Vec<(String, &[u8])> {
 }
 
 /// True if the header section has a field of this (lower-case) name.
-pub fn has_field(header: &[u8], name: &str) -> bool {
+pub(crate) fn has_field(header: &[u8], name: &str) -> bool {
     fields(header).iter().any(|(n, _)| n == name)
 }
 
 /// The message with every header field whose (lower-case) name is in `names` removed.
-pub fn without_fields(message: &[u8], names: &[&str]) -> Vec<u8> {
+pub(crate) fn without_fields(message: &[u8], names: &[&str]) -> Vec<u8> {
     let (header, body) = split_header(message);
     let mut out = Vec::with_capacity(message.len());
     let kept = fields(header);
@@ -233,8 +208,11 @@ pub fn without_fields(message: &[u8], names: &[&str]) -> Vec<u8> {
 }
 
 /// Converts every line end to CRLF (bare LF becomes CRLF, a lone CR becomes CRLF) — for
-/// messages from local programs, which write LF.
-pub fn to_crlf(message: &[u8]) -> Vec<u8> {
+/// messages from local programs, which write LF. (One of three line-ending converters, each
+/// at its own edge: this one for local input, held whole by `sendmail`; the outbound DATA
+/// encoder in smtorp-delivery, which also dot-stuffs and works piece by piece; the Maildir
+/// writer, which goes the other way, CRLF to LF.)
+pub(crate) fn to_crlf(message: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(message.len() + message.len() / 40);
     let mut i = 0;
     while i < message.len() {
@@ -262,12 +240,17 @@ mod tests {
 
     #[test]
     fn dates_are_utc() {
-        assert_eq!(rfc5322_date(0), "Thu, 01 Jan 1970 00:00:00 +0000");
+        assert_eq!(rfc5322_date(0), "Thu, 1 Jan 1970 00:00:00 +0000");
         assert_eq!(
             rfc5322_date(1_795_731_288),
             "Thu, 26 Nov 2026 22:14:48 +0000"
         );
         assert_eq!(rfc5322_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
+        // Every date we write parses back to the same instant.
+        for t in [0u64, 951_782_400, 1_795_731_288, 4_102_444_800] {
+            let parsed = mail_parser::DateTime::parse_rfc822(&rfc5322_date(t)).unwrap();
+            assert_eq!(parsed.to_timestamp(), t as i64);
+        }
     }
 
     #[test]
@@ -281,7 +264,7 @@ mod tests {
         );
         assert_eq!(
             r,
-            "Received: from client.example by a.onion with ESMTP id 00000000000000AB;\r\n\tThu, 01 Jan 1970 00:00:00 +0000\r\n"
+            "Received: from client.example by a.onion with ESMTP id 00000000000000AB;\r\n\tThu, 1 Jan 1970 00:00:00 +0000\r\n"
         );
         for literal in ["[10.0.0.1]", "10.0.0.1", "[IPv6:::1]", "a(b)", "x;y"] {
             let r = received(Some(literal), "a.onion", Via::Smtp, "1", 0);

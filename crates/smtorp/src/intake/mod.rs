@@ -9,10 +9,10 @@
 //! first; submitted mail (submission port, `sendmail`) also gets the privacy hygiene of
 //! [`privacy`].
 
-pub mod bounce;
-pub mod headers;
-pub mod privacy;
-pub mod space;
+pub(crate) mod bounce;
+pub(crate) mod headers;
+pub(crate) mod privacy;
+pub(crate) mod space;
 
 use std::sync::Arc;
 
@@ -26,14 +26,14 @@ use crate::config::PrivacyConfig;
 use crate::policy::{self, Directory, Side};
 
 /// The longest header section we hold to rewrite it. Longer: refused (552 5.3.4).
-pub const MAX_HEADER: usize = 256 * 1024;
+pub(crate) const MAX_HEADER: usize = 256 * 1024;
 
 /// How often, in bytes written, a message being received checks the free space.
 const SPACE_CHECK_EVERY: u64 = 1024 * 1024;
 
 /// Why a message was not enqueued.
 #[derive(Debug, thiserror::Error)]
-pub enum IntakeError {
+pub(crate) enum IntakeError {
     /// The envelope or the message is unacceptable: this reply (permanent, 5xx).
     #[error("{0}")]
     Rejected(Reply),
@@ -44,14 +44,14 @@ pub enum IntakeError {
 
 impl IntakeError {
     /// The SMTP reply for this error (the one mapping every entry point uses).
-    pub fn reply(&self) -> Reply {
+    pub(crate) fn reply(&self) -> Reply {
         match self {
             IntakeError::Rejected(reply) | IntakeError::Deferred(reply) => reply.clone(),
         }
     }
 
     /// True for a temporary failure (the sender should try again).
-    pub fn is_temporary(&self) -> bool {
+    pub(crate) fn is_temporary(&self) -> bool {
         matches!(self, IntakeError::Deferred(_))
     }
 }
@@ -68,7 +68,7 @@ impl From<QueueError> for IntakeError {
 }
 
 /// Who is told that a message was queued (the delivery scheduler).
-pub trait Wake: Send + Sync {
+pub(crate) trait Wake: Send + Sync {
     /// A message was queued.
     fn wake(&self);
 }
@@ -87,21 +87,21 @@ impl Wake for tokio::sync::Notify {
 
 /// A message arriving at the queue: everything but its text.
 #[derive(Debug, Clone)]
-pub struct Arrival {
+pub(crate) struct Arrival {
     /// The envelope sender in RFC 5321 form, empty for `<>`.
-    pub sender: String,
+    pub(crate) sender: String,
     /// The envelope recipients in RFC 5321 form.
-    pub recipients: Vec<String>,
+    pub(crate) recipients: Vec<String>,
     /// The client's EHLO name (onion side only), for Received.
-    pub helo: Option<String>,
+    pub(crate) helo: Option<String>,
     /// How it came.
-    pub origin: Origin,
+    pub(crate) origin: Origin,
 }
 
 /// A message being received: its spool file, and its header section until that is
 /// complete and rewritten.
 #[derive(Debug)]
-pub struct Incoming {
+pub(crate) struct Incoming {
     arrival: Arrival,
     /// The spool file (away only while a write runs on the blocking pool).
     spool: Option<Spool>,
@@ -114,15 +114,8 @@ pub struct Incoming {
     next_space_check: u64,
 }
 
-impl Incoming {
-    /// The queue id the message will have.
-    pub fn id(&self) -> QueueId {
-        self.id
-    }
-}
-
 /// The intake: queue, directory, free-space rules and the scheduler's wake-up.
-pub struct Intake {
+pub(crate) struct Intake {
     queue: Arc<Queue>,
     directory: Arc<Directory>,
     waker: Arc<dyn Wake>,
@@ -133,7 +126,7 @@ pub struct Intake {
 
 impl Intake {
     /// An intake writing to `queue` and waking `waker` after each commit.
-    pub fn new(
+    pub(crate) fn new(
         queue: Arc<Queue>,
         directory: Arc<Directory>,
         waker: Arc<dyn Wake>,
@@ -153,17 +146,17 @@ impl Intake {
     }
 
     /// The queue, for the token bookkeeping of once-only sources.
-    pub fn queue(&self) -> &Arc<Queue> {
+    pub(crate) fn queue(&self) -> &Arc<Queue> {
         &self.queue
     }
 
     /// The free-space rules.
-    pub fn space(&self) -> &DiskSpace {
+    pub(crate) fn space(&self) -> &DiskSpace {
         &self.space
     }
 
     /// Checks the envelope and the free space and opens the spool file.
-    pub async fn begin(&self, arrival: Arrival) -> Result<Incoming, IntakeError> {
+    pub(crate) async fn begin(&self, arrival: Arrival) -> Result<Incoming, IntakeError> {
         self.validate(&arrival)?;
         self.space.check(0).map_err(IntakeError::Deferred)?;
         let spool = self.queue.call(|q| q.create_spool()).await?;
@@ -180,7 +173,11 @@ impl Intake {
     /// Appends message text (CRLF line endings). The header section is held (at most
     /// [`MAX_HEADER`]) until it is complete, then rewritten and written; the rest goes
     /// straight to the spool file.
-    pub async fn write(&self, incoming: &mut Incoming, text: &[u8]) -> Result<(), IntakeError> {
+    pub(crate) async fn write(
+        &self,
+        incoming: &mut Incoming,
+        text: &[u8],
+    ) -> Result<(), IntakeError> {
         if text.contains(&0) {
             // No mail text has a NUL (RFC 5321 4.1.1.4): a downstream that strips NULs could
             // see an end of data where we saw none. Refused on every path, never passed on.
@@ -228,7 +225,7 @@ impl Intake {
     /// The message is complete: writes what is left, makes it durable with its envelope
     /// (and `token`, for sources that may offer the same message again) and returns its
     /// queue id; `None` if `token` was seen before (nothing queued).
-    pub async fn commit(
+    pub(crate) async fn commit(
         &self,
         mut incoming: Incoming,
         token: Option<String>,
@@ -276,7 +273,11 @@ impl Intake {
 
     /// A whole message at once (bounces, tests): [`Intake::begin`], [`Intake::write`],
     /// [`Intake::commit`].
-    pub async fn enqueue(&self, arrival: Arrival, text: &[u8]) -> Result<QueueId, IntakeError> {
+    pub(crate) async fn enqueue(
+        &self,
+        arrival: Arrival,
+        text: &[u8],
+    ) -> Result<QueueId, IntakeError> {
         let mut incoming = self.begin(arrival).await?;
         for piece in text.chunks(WHOLE_CHUNK) {
             self.write(&mut incoming, piece).await?;

@@ -17,7 +17,7 @@ use crate::intake::headers;
 /// Applies the whole hygiene to a submitted message (CRLF line endings): strip, rewrite the
 /// date, complete the header. `sender` is the envelope sender (empty for `<>`), `domain` our
 /// primary domain (for Message-ID).
-pub fn clean_submitted(
+pub(crate) fn clean_submitted(
     message: &[u8],
     sender: &str,
     domain: &str,
@@ -46,7 +46,7 @@ pub fn clean_submitted(
 
 /// Rewrites every `Date` field whose zone is not UTC to the same instant in UTC. A date that
 /// cannot be parsed is left as it is.
-pub fn date_to_utc(message: &[u8]) -> Vec<u8> {
+pub(crate) fn date_to_utc(message: &[u8]) -> Vec<u8> {
     let (header, body) = headers::split_header(message);
     let fields = headers::fields(header);
     if !fields.iter().any(|(name, _)| name == "date") {
@@ -81,7 +81,7 @@ fn utc_date(raw: &[u8]) -> Option<String> {
 
 /// Adds what submitted mail lacks: From, Date (UTC), Message-ID; as configured in
 /// `[privacy]`.
-pub fn complete_header(
+pub(crate) fn complete_header(
     message: &[u8],
     sender: &str,
     domain: &str,
@@ -118,7 +118,12 @@ fn starts_with_field(message: &[u8]) -> bool {
 
 /// [`clean_submitted`] for a header section alone (its fields, without the blank line):
 /// returns the cleaned fields, without a blank line.
-pub fn clean_header(fields: &[u8], sender: &str, domain: &str, privacy: &PrivacyConfig) -> Vec<u8> {
+pub(crate) fn clean_header(
+    fields: &[u8],
+    sender: &str,
+    domain: &str,
+    privacy: &PrivacyConfig,
+) -> Vec<u8> {
     let mut section = Vec::with_capacity(fields.len() + 2);
     section.extend_from_slice(fields);
     section.extend_from_slice(b"\r\n");
@@ -131,7 +136,6 @@ pub fn clean_header(fields: &[u8], sender: &str, domain: &str, privacy: &Privacy
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn clean(m: &str) -> String {
@@ -165,14 +169,14 @@ mod tests {
             "Date: Tue, 2 Jan 2024 01:30:00 +0200\r\nMessage-ID: <1@b>\r\nFrom: x\r\n\r\nb\r\n",
         );
         assert!(
-            out.starts_with("Date: Mon, 01 Jan 2024 23:30:00 +0000\r\n"),
+            out.starts_with("Date: Mon, 1 Jan 2024 23:30:00 +0000\r\n"),
             "{out}"
         );
         let out = clean(
             "Date: Mon, 1 Jan 2024 20:00:00 -0530\r\nMessage-ID: <1@b>\r\nFrom: x\r\n\r\nb\r\n",
         );
         assert!(
-            out.starts_with("Date: Tue, 02 Jan 2024 01:30:00 +0000\r\n"),
+            out.starts_with("Date: Tue, 2 Jan 2024 01:30:00 +0000\r\n"),
             "{out}"
         );
         // UTC and unparsable dates are kept as they are.

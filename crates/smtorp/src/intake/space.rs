@@ -18,20 +18,20 @@ use smtorp_smtp::Reply;
 use tracing::{info, warn};
 
 /// The size of the reserve file.
-pub const RESERVE_SIZE: u64 = 8 * 1024 * 1024;
+pub(crate) const RESERVE_SIZE: u64 = 8 * 1024 * 1024;
 
 /// The name of the reserve file in the queue folder.
 const RESERVE_NAME: &str = "reserve";
 
 /// The free-space rules of one queue folder.
 #[derive(Debug, Clone)]
-pub struct DiskSpace {
+pub(crate) struct DiskSpace {
     dir: PathBuf,
     min_free: u64,
 }
 
 /// The reply when space is short.
-pub fn insufficient_storage() -> Reply {
+pub(crate) fn insufficient_storage() -> Reply {
     Reply::new(
         452,
         [4, 3, 1],
@@ -42,7 +42,7 @@ pub fn insufficient_storage() -> Reply {
 impl DiskSpace {
     /// The rules for the file system of `queue_dir`, with the floor `min_free` bytes
     /// (0 turns them off).
-    pub fn new(queue_dir: &Path, min_free: u64) -> DiskSpace {
+    pub(crate) fn new(queue_dir: &Path, min_free: u64) -> DiskSpace {
         DiskSpace {
             dir: queue_dir.to_path_buf(),
             min_free,
@@ -50,14 +50,9 @@ impl DiskSpace {
     }
 
     /// Bytes an unprivileged writer may still use on the queue's file system, if known.
-    pub fn free(&self) -> Option<u64> {
+    pub(crate) fn free(&self) -> Option<u64> {
         let stat = nix::sys::statvfs::statvfs(&self.dir).ok()?;
         Some(stat.blocks_available().saturating_mul(stat.fragment_size()))
-    }
-
-    /// The floor.
-    pub fn min_free(&self) -> u64 {
-        self.min_free
     }
 
     /// Free space for new mail: the reserve counts as used even after it was given back
@@ -74,7 +69,7 @@ impl DiskSpace {
     }
 
     /// Before MAIL (with the client's SIZE, or 0) and DATA: refuse below the floor.
-    pub fn check(&self, announced: u64) -> Result<(), Reply> {
+    pub(crate) fn check(&self, announced: u64) -> Result<(), Reply> {
         if self.min_free == 0 {
             return Ok(());
         }
@@ -93,7 +88,7 @@ impl DiskSpace {
     }
 
     /// While a message is written: refuse it once free space is below half the floor.
-    pub fn check_writing(&self) -> Result<(), Reply> {
+    pub(crate) fn check_writing(&self) -> Result<(), Reply> {
         if self.min_free == 0 {
             return Ok(());
         }
@@ -111,7 +106,7 @@ impl DiskSpace {
 
     /// Gives the reserve back when the disk is nearly full, makes it again when there is
     /// room. Call it now and then (the maildrop pickup does, every few seconds).
-    pub fn tend_reserve(&self) {
+    pub(crate) fn tend_reserve(&self) {
         if self.min_free == 0 {
             return;
         }

@@ -30,14 +30,14 @@ use super::passwd;
 use crate::policy::Directory;
 
 /// Password checks running at once.
-pub const HASH_SLOTS: usize = 2;
+pub(crate) const HASH_SLOTS: usize = 2;
 /// How long an attempt waits for a free slot before it is told to try later.
-pub const HASH_WAIT: Duration = Duration::from_secs(5);
+pub(crate) const HASH_WAIT: Duration = Duration::from_secs(5);
 /// Failures from one client address within [`FAILURE_WINDOW`] after which its attempts are
 /// refused unchecked.
-pub const ADDRESS_FAILURE_LIMIT: u32 = 10;
+pub(crate) const ADDRESS_FAILURE_LIMIT: u32 = 10;
 /// The window of [`ADDRESS_FAILURE_LIMIT`].
-pub const FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
+pub(crate) const FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
 /// Client addresses tracked at most (the oldest entries are dropped first).
 const MAX_TRACKED: usize = 4096;
 /// The longest delay before a failure is answered.
@@ -74,7 +74,7 @@ fn loggable(user: &str) -> String {
 }
 
 /// The submission port's password checks (one per daemon).
-pub struct Authenticator {
+pub(crate) struct Authenticator {
     directory: Arc<Directory>,
     file: PathBuf,
     slots: Semaphore,
@@ -84,7 +84,7 @@ pub struct Authenticator {
 
 impl Authenticator {
     /// Checks against the password file of `directory`'s configuration.
-    pub fn new(directory: Arc<Directory>) -> Authenticator {
+    pub(crate) fn new(directory: Arc<Directory>) -> Authenticator {
         let file = passwd::path(directory.settings());
         Authenticator {
             directory,
@@ -150,7 +150,7 @@ impl Authenticator {
 
     /// Checks `credentials` from `peer` (the client's address, when known): the user name
     /// the session will know the client by, or the reply (535 wrong, 454 not checked).
-    pub async fn check(
+    pub(crate) async fn check(
         &self,
         peer: Option<IpAddr>,
         credentials: Credentials,

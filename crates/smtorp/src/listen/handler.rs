@@ -13,17 +13,17 @@ use super::auth::Authenticator;
 use crate::intake::{Arrival, Incoming, Intake};
 
 /// What a listener's sessions share.
-pub struct Shared {
+pub(crate) struct Shared {
     /// The one way into the queue.
-    pub intake: Arc<Intake>,
+    pub(crate) intake: Arc<Intake>,
     /// Recorded as the messages' origin (and it decides their header hygiene).
-    pub origin: Origin,
+    pub(crate) origin: Origin,
     /// Password checks (the submission port); `None` refuses AUTH.
-    pub auth: Option<Arc<Authenticator>>,
+    pub(crate) auth: Option<Arc<Authenticator>>,
 }
 
 /// One session's handler: the shared parts and the client's address.
-pub struct SessionHandler {
+pub(crate) struct SessionHandler {
     shared: Arc<Shared>,
     peer: Option<IpAddr>,
 }
@@ -31,7 +31,7 @@ pub struct SessionHandler {
 impl SessionHandler {
     /// The handler of a session from `peer` (its address when known; onion streams have
     /// none).
-    pub fn new(shared: Arc<Shared>, peer: Option<IpAddr>) -> SessionHandler {
+    pub(crate) fn new(shared: Arc<Shared>, peer: Option<IpAddr>) -> SessionHandler {
         SessionHandler { shared, peer }
     }
 }

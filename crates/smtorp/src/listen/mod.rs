@@ -8,11 +8,11 @@
 //! is never looked at for policy (behind C tor every client is 127.0.0.1); the submission
 //! port uses it only to count password failures.
 
-pub mod auth;
-pub mod handler;
-pub mod passwd;
-pub mod submission;
-pub mod tls;
+pub(crate) mod auth;
+pub(crate) mod handler;
+pub(crate) mod passwd;
+pub(crate) mod submission;
+pub(crate) mod tls;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -32,22 +32,22 @@ use self::handler::{SessionHandler, Shared};
 use crate::config::Settings;
 
 /// Everything a listener needs to run sessions.
-pub struct SessionFactory<P> {
+pub(crate) struct SessionFactory<P> {
     /// Limits and our name.
-    pub config: SessionConfig,
+    pub(crate) config: SessionConfig,
     /// Who may send to whom.
-    pub policy: P,
+    pub(crate) policy: P,
     /// Where messages go, and password checks.
-    pub shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     /// The listener's places.
-    pub slots: Arc<Slots>,
+    pub(crate) slots: Arc<Slots>,
     /// STARTTLS (the submission port only).
-    pub tls: Option<TlsAcceptor>,
+    pub(crate) tls: Option<TlsAcceptor>,
 }
 
 impl<P: Policy + Clone> SessionFactory<P> {
     /// The reply to a connection that finds every place busy.
-    pub fn busy_reply(&self) -> String {
+    pub(crate) fn busy_reply(&self) -> String {
         format!(
             "421 4.3.2 {} Too many connections, try again later\r\n",
             self.config.hostname
@@ -56,7 +56,7 @@ impl<P: Policy + Clone> SessionFactory<P> {
 
     /// Runs one session on any stream (from `peer`, when known) in `slot`, ending it with
     /// 421 when `shutdown` turns true.
-    pub async fn run_session<S>(
+    pub(crate) async fn run_session<S>(
         &self,
         stream: S,
         peer: Option<IpAddr>,
@@ -81,11 +81,11 @@ impl<P: Policy + Clone> SessionFactory<P> {
 /// A listener's rules with the free-space gate in front (`[smtp] min_free_space`): MAIL
 /// gets 452 4.3.1 when the queue's disk is nearly full.
 #[derive(Debug, Clone)]
-pub struct Guarded<P> {
+pub(crate) struct Guarded<P> {
     /// Who may send what.
-    pub rules: P,
+    pub(crate) rules: P,
     /// The queue's disk.
-    pub space: crate::intake::space::DiskSpace,
+    pub(crate) space: crate::intake::space::DiskSpace,
 }
 
 impl<P: Policy> Policy for Guarded<P> {
@@ -107,12 +107,12 @@ impl<P: Policy> Policy for Guarded<P> {
 }
 
 /// Resolves once the shutdown flag turns true (or its sender is gone).
-pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
 /// Says 421 to a connection that finds every place busy, and closes it.
-pub async fn turn_away<S: AsyncWrite + Unpin>(mut stream: S, reply: String) {
+pub(crate) async fn turn_away<S: AsyncWrite + Unpin>(mut stream: S, reply: String) {
     let write = async {
         let _ = stream.write_all(reply.as_bytes()).await;
         let _ = stream.flush().await;
@@ -124,7 +124,7 @@ pub async fn turn_away<S: AsyncWrite + Unpin>(mut stream: S, reply: String) {
 /// Serves a bound TCP listener until shutdown: each connection gets a place (or 421) and a
 /// session; on shutdown, stops accepting and gives open sessions (which got their 421 from
 /// the same signal) 5 s to end before closing them.
-pub async fn serve_tcp<P>(
+pub(crate) async fn serve_tcp<P>(
     listener: TcpListener,
     factory: Arc<SessionFactory<P>>,
     kind: &'static str,
@@ -166,7 +166,7 @@ pub async fn serve_tcp<P>(
 }
 
 /// Gives open sessions 5 s to end after shutdown, then closes them.
-pub async fn finish(mut sessions: JoinSet<()>, kind: &'static str) {
+pub(crate) async fn finish(mut sessions: JoinSet<()>, kind: &'static str) {
     let grace = tokio::time::sleep(Duration::from_secs(5));
     tokio::pin!(grace);
     loop {
@@ -182,17 +182,21 @@ pub async fn finish(mut sessions: JoinSet<()>, kind: &'static str) {
 }
 
 /// The SMTP session limits of a listener of `kind`, from the configuration.
-pub fn session_config(settings: &Settings, hostname: &str, kind: SessionKind) -> SessionConfig {
+pub(crate) fn session_config(
+    settings: &Settings,
+    hostname: &str,
+    kind: SessionKind,
+) -> SessionConfig {
     let smtp = &settings.config.smtp;
     SessionConfig {
         hostname: hostname.to_owned(),
         max_message_size: smtp.max_message_size,
         max_recipients: smtp.max_recipients,
         max_errors: smtp.max_errors,
-        command_timeout: settings.command_timeout,
-        data_timeout: settings.data_timeout,
-        stress_command_timeout: settings.stress_command_timeout,
-        stress_data_timeout: settings.stress_data_timeout,
+        command_timeout: smtp.command_timeout,
+        data_timeout: smtp.data_timeout,
+        stress_command_timeout: smtp.stress_command_timeout,
+        stress_data_timeout: smtp.stress_data_timeout,
         min_data_rate: smtp.min_data_rate,
         kind,
         ..SessionConfig::default()

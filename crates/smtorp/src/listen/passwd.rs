@@ -6,9 +6,8 @@
 //! The daemon reads the file at each AUTH, so a change takes effect at once.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, IsTerminal, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs;
+use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 
@@ -23,12 +22,12 @@ use crate::config::Settings;
 use crate::policy::Directory;
 
 /// The password file of a configuration.
-pub fn path(settings: &Settings) -> PathBuf {
+pub(crate) fn path(settings: &Settings) -> PathBuf {
     settings.config.data_dir.join("passwd")
 }
 
 /// A salted argon2id hash of `password` (PHC string).
-pub fn hash(password: &str) -> anyhow::Result<String> {
+pub(crate) fn hash(password: &str) -> anyhow::Result<String> {
     Argon2::default()
         .hash_password(password.as_bytes())
         .map(|h| h.to_string())
@@ -41,13 +40,14 @@ const MAX_MEMORY_KIB: u32 = 64 * 1024;
 
 /// True if `password` matches the PHC string. Slow on purpose: call it off the async
 /// runtime (`spawn_blocking`).
-pub fn verify(phc: &str, password: &str) -> bool {
+#[cfg(test)]
+fn verify(phc: &str, password: &str) -> bool {
     verify_with(phc, password, &mut Vec::new())
 }
 
 /// [`verify`] computing in `memory` (grown to the hash's memory cost and kept by the caller
 /// for the next check, so that checks do not allocate).
-pub fn verify_with(phc: &str, password: &str, memory: &mut Vec<argon2::Block>) -> bool {
+pub(crate) fn verify_with(phc: &str, password: &str, memory: &mut Vec<argon2::Block>) -> bool {
     use argon2::{Algorithm, Params, Version};
     let Ok(parsed) = PasswordHash::new(phc) else {
         return false;
@@ -94,7 +94,7 @@ static DUMMY: LazyLock<String> =
 
 /// The entries of a password file (a missing file has none). Lines that are not `user:phc`
 /// are skipped.
-pub fn load(path: &Path) -> std::io::Result<BTreeMap<String, String>> {
+pub(crate) fn load(path: &Path) -> std::io::Result<BTreeMap<String, String>> {
     let text = match fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
@@ -110,30 +110,16 @@ pub fn load(path: &Path) -> std::io::Result<BTreeMap<String, String>> {
 
 /// Writes the entries atomically, mode 0600.
 fn save(path: &Path, entries: &BTreeMap<String, String>) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".passwd.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        for (user, phc) in entries {
-            writeln!(file, "{user}:{phc}")?;
-        }
-        file.sync_all()?;
-        fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    let text: String = entries
+        .iter()
+        .map(|(user, phc)| format!("{user}:{phc}\n"))
+        .collect();
+    crate::config::layout::write_atomically(path, text.as_bytes(), 0o600)
 }
 
 /// The local user a login name means: `alice`, or `alice@<one of our domains>` (aliases
 /// resolved); only users in `[local] users`.
-pub fn login_user(directory: &Directory, login: &str) -> Option<String> {
+pub(crate) fn login_user(directory: &Directory, login: &str) -> Option<String> {
     let settings = directory.settings();
     let login = login.trim().to_ascii_lowercase();
     let local = match login.rsplit_once('@') {
@@ -152,12 +138,13 @@ pub fn login_user(directory: &Directory, login: &str) -> Option<String> {
 }
 
 /// The AUTH check: true if `password` is right for `user`. Blocking (argon2, file read).
-pub fn check(file: &Path, user: Option<&str>, password: &str) -> bool {
+#[cfg(test)]
+fn check(file: &Path, user: Option<&str>, password: &str) -> bool {
     check_with(file, user, password, &mut Vec::new())
 }
 
 /// [`check`] computing in `memory` (see [`verify_with`]).
-pub fn check_with(
+pub(crate) fn check_with(
     file: &Path,
     user: Option<&str>,
     password: &str,
@@ -180,8 +167,7 @@ pub fn check_with(
     }
 }
 
-/// Reads the new password: one line from stdin; on a terminal, twice and without echo
-/// (through `stty`, so no unsafe code).
+/// Reads the new password: one line from stdin; on a terminal, twice and without echo.
 fn read_password(user: &str) -> anyhow::Result<String> {
     let stdin = std::io::stdin();
     if !stdin.is_terminal() {
@@ -192,21 +178,8 @@ fn read_password(user: &str) -> anyhow::Result<String> {
             .context("cannot read the password from stdin")?;
         return Ok(line.trim_end_matches(['\r', '\n']).to_owned());
     }
-    let stty = |arg: &str| {
-        let _ = std::process::Command::new("stty")
-            .arg(arg)
-            .stdin(std::process::Stdio::inherit())
-            .status();
-    };
     let ask = |prompt: &str| -> anyhow::Result<String> {
-        eprint!("{prompt}");
-        stty("-echo");
-        let mut line = String::new();
-        let read = stdin.lock().read_line(&mut line);
-        stty("echo");
-        eprintln!();
-        read.context("cannot read the password")?;
-        Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+        rpassword::prompt_password(prompt).context("cannot read the password")
     };
     let first = ask(&format!("New password for {user}: "))?;
     let second = ask("Again: ")?;
@@ -217,7 +190,7 @@ fn read_password(user: &str) -> anyhow::Result<String> {
 }
 
 /// `smtorp passwd [--delete] USER`.
-pub fn command(settings: &Settings, user: &str, delete: bool) -> anyhow::Result<()> {
+pub(crate) fn command(settings: &Settings, user: &str, delete: bool) -> anyhow::Result<()> {
     let user = user.to_ascii_lowercase();
     if !settings
         .config
@@ -259,7 +232,6 @@ pub fn command(settings: &Settings, user: &str, delete: bool) -> anyhow::Result<
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;

@@ -26,7 +26,7 @@ use crate::policy::{Directory, SubmissionPolicy};
 
 /// Binds the `[submission] listen` sockets and spawns their accept loops into `tasks`. Makes
 /// the self-signed certificate first if there is none. Does nothing without listeners.
-pub async fn spawn(
+pub(crate) async fn spawn(
     settings: &Arc<Settings>,
     directory: &Arc<Directory>,
     intake: &Arc<Intake>,

@@ -8,9 +8,8 @@
 //! validity is rcgen's fixed 1975..4096 range, so it does not even tell when it was made.
 //! The onion side has no TLS: Tor already authenticates and encrypts it.
 
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -26,7 +25,7 @@ use crate::config::Settings;
 
 /// The certificate and key files in force: the configured ones, else those of
 /// `<data_dir>/tls/`.
-pub fn paths(settings: &Settings) -> (PathBuf, PathBuf) {
+pub(crate) fn paths(settings: &Settings) -> (PathBuf, PathBuf) {
     let sub = &settings.config.submission;
     let dir = settings.config.data_dir.join("tls");
     let cert = if sub.tls_cert.is_empty() {
@@ -49,7 +48,7 @@ fn self_signed(settings: &Settings) -> bool {
 
 /// Makes the self-signed pair for `domain` if no certificate is configured and none was made
 /// yet. Returns the certificate's path when it made one.
-pub fn ensure(settings: &Settings, domain: &str) -> anyhow::Result<Option<PathBuf>> {
+pub(crate) fn ensure(settings: &Settings, domain: &str) -> anyhow::Result<Option<PathBuf>> {
     if !self_signed(settings) {
         return Ok(None);
     }
@@ -71,7 +70,7 @@ pub fn ensure(settings: &Settings, domain: &str) -> anyhow::Result<Option<PathBu
 }
 
 /// A self-signed certificate (PEM) and its ECDSA P-256 key (PEM) for `domain` only.
-pub fn generate(domain: &str) -> anyhow::Result<(String, String)> {
+pub(crate) fn generate(domain: &str) -> anyhow::Result<(String, String)> {
     let mut params = rcgen::CertificateParams::new(vec![domain.to_owned()])
         .with_context(|| format!("cannot make a certificate for {domain}"))?;
     let mut name = rcgen::DistinguishedName::new();
@@ -84,25 +83,14 @@ pub fn generate(domain: &str) -> anyhow::Result<(String, String)> {
     Ok((cert.pem(), key.serialize_pem()))
 }
 
-/// Writes a new file with `mode` (replacing an old one).
+/// Writes a new file with `mode` (replacing an old one), atomically and durably.
 fn write_file(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let _ = fs::remove_file(&tmp);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .with_context(|| format!("cannot create {}", tmp.display()))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    fs::rename(&tmp, path)
-        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+    crate::config::layout::write_atomically(path, bytes, mode)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// The SHA-256 fingerprint of the first certificate in a PEM text, as `AB:CD:...`.
-pub fn fingerprint_pem(pem: &[u8]) -> anyhow::Result<String> {
+pub(crate) fn fingerprint_pem(pem: &[u8]) -> anyhow::Result<String> {
     let cert = CertificateDer::pem_slice_iter(pem)
         .next()
         .context("no certificate in the PEM text")?
@@ -116,7 +104,7 @@ pub fn fingerprint_pem(pem: &[u8]) -> anyhow::Result<String> {
 }
 
 /// The fingerprint of the certificate in force.
-pub fn fingerprint(settings: &Settings) -> anyhow::Result<String> {
+pub(crate) fn fingerprint(settings: &Settings) -> anyhow::Result<String> {
     let (cert, _) = paths(settings);
     let pem = fs::read(&cert)
         .with_context(|| format!("cannot read the certificate {}", cert.display()))?;
@@ -125,7 +113,7 @@ pub fn fingerprint(settings: &Settings) -> anyhow::Result<String> {
 
 /// The STARTTLS acceptor (rustls with the ring provider, TLS 1.2 and 1.3, no client
 /// certificates).
-pub fn acceptor(settings: &Settings) -> anyhow::Result<TlsAcceptor> {
+pub(crate) fn acceptor(settings: &Settings) -> anyhow::Result<TlsAcceptor> {
     let (cert_path, key_path) = paths(settings);
     let certs = CertificateDer::pem_file_iter(&cert_path)
         .with_context(|| format!("cannot read the certificate {}", cert_path.display()))?
@@ -163,7 +151,7 @@ fn primary_domain(settings: &Arc<Settings>) -> String {
 
 /// `smtorp init`: makes the self-signed certificate when the submission port is on and no
 /// certificate is configured, and prints its fingerprint to pin in mail clients.
-pub fn init(settings: &Settings) -> anyhow::Result<()> {
+pub(crate) fn init(settings: &Settings) -> anyhow::Result<()> {
     if settings.config.submission.listen.is_empty() {
         return Ok(());
     }
@@ -182,7 +170,7 @@ pub fn init(settings: &Settings) -> anyhow::Result<()> {
 }
 
 /// `smtorp check-config`: the submission settings and the certificate's fingerprint.
-pub fn describe(settings: &Settings) {
+pub(crate) fn describe(settings: &Settings) {
     say!(
         "submission listen = {:?}",
         settings.config.submission.listen
@@ -198,7 +186,6 @@ pub fn describe(settings: &Settings) {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

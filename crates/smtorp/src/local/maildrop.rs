@@ -41,7 +41,7 @@ use crate::policy::{Directory, Submitter};
 
 /// The mode of the maildrop folder: every user may create names, nobody but the daemon may
 /// list it; the sticky bit keeps users from removing each other's files.
-pub const MAILDROP_MODE: u32 = 0o1733;
+pub(crate) const MAILDROP_MODE: u32 = 0o1733;
 /// Names read from the folder in one round at most.
 const MAX_NAMES_PER_ROUND: usize = 1000;
 /// Unfinished files (`.<token>`) older than this are removed.
@@ -52,7 +52,7 @@ const TOKEN_TTL: Duration = Duration::from_secs(3600);
 const PICKUP_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Creates the maildrop folder (1733) and the rejected folder (0700) when missing.
-pub fn create_dirs(maildrop: &Path, rejected: &Path) -> std::io::Result<()> {
+pub(crate) fn create_dirs(maildrop: &Path, rejected: &Path) -> std::io::Result<()> {
     for (dir, mode) in [(maildrop, MAILDROP_MODE), (rejected, 0o700)] {
         match fs::symlink_metadata(dir) {
             Ok(meta) if meta.is_dir() => {}
@@ -71,7 +71,7 @@ pub fn create_dirs(maildrop: &Path, rejected: &Path) -> std::io::Result<()> {
 
 /// Writes one message durably into the maildrop as the calling user (sendmail's side) and
 /// returns its final path. `message` has CRLF line endings.
-pub fn write(dir: &Path, request: &Request, message: &[u8]) -> std::io::Result<PathBuf> {
+pub(crate) fn write(dir: &Path, request: &Request, message: &[u8]) -> std::io::Result<PathBuf> {
     let tmp = dir.join(format!(".{}", request.token));
     let done = dir.join(&request.token);
     let result = (|| {
@@ -317,7 +317,7 @@ impl Folders {
 }
 
 /// The maildrop pickup of the daemon.
-pub struct Pickup {
+pub(crate) struct Pickup {
     /// Names that could not be removed (a folder that is not empty): passed over.
     stuck: Arc<std::sync::Mutex<HashSet<OsString>>>,
     maildrop: PathBuf,
@@ -329,7 +329,7 @@ pub struct Pickup {
 
 impl Pickup {
     /// The pickup of `maildrop`, moving what it cannot queue into `rejected`.
-    pub fn new(intake: Arc<Intake>, directory: Arc<Directory>) -> Pickup {
+    pub(crate) fn new(intake: Arc<Intake>, directory: Arc<Directory>) -> Pickup {
         let settings = directory.settings().clone();
         Pickup {
             stuck: Arc::default(),
@@ -343,7 +343,7 @@ impl Pickup {
     }
 
     /// Looks at the folder once and queues what it finds. Returns how many were queued.
-    pub async fn once(&self, sweep: bool) -> usize {
+    pub(crate) async fn once(&self, sweep: bool) -> usize {
         let (maildrop, rejected, max_size) =
             (self.maildrop.clone(), self.rejected.clone(), self.max_size);
         let stuck = self.stuck.clone();
@@ -472,7 +472,7 @@ impl Pickup {
 
     /// Picks up at start and then every 250 ms until shutdown; every minute also removes
     /// stale unfinished files, forgets old tokens and tends the disk reserve.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    pub(crate) async fn run(self, mut shutdown: watch::Receiver<bool>) {
         self.forget_stale_tokens(Duration::ZERO).await;
         let mut last_sweep = std::time::Instant::now();
         loop {

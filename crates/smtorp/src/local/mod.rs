@@ -13,8 +13,8 @@
 //! it is recorded with the queued message, so a message handed over the socket and then
 //! (the answer lost) written to the maildrop too is queued once.
 
-pub mod maildrop;
-pub mod socket;
+pub(crate) mod maildrop;
+pub(crate) mod socket;
 
 use std::sync::Arc;
 
@@ -28,7 +28,7 @@ use crate::intake::{Arrival, Intake, IntakeError};
 use crate::policy::{local, Directory, Submitter};
 
 /// The first line of a request (socket and maildrop file).
-pub const MAGIC: &[u8] = b"SMTORP-SUBMIT 1\n";
+pub(crate) const MAGIC: &[u8] = b"SMTORP-SUBMIT 1\n";
 /// The first line of maildrop files written by earlier versions.
 const MAGIC_V0: &[u8] = b"SMTORP-MAILDROP 1\n";
 /// The longest request line (the JSON envelope).
@@ -38,14 +38,14 @@ const PIECE: usize = 64 * 1024;
 
 /// The envelope of a local submission.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Request {
+pub(crate) struct Request {
     /// The sender asked for with `-f` (`Some("")` for `<>`), `None` without `-f`. The
     /// daemon decides the real sender from who submits ([`local::envelope_sender`]).
-    pub sender: Option<String>,
+    pub(crate) sender: Option<String>,
     /// The envelope recipients (checked and qualified by `sendmail`, checked again here).
-    pub recipients: Vec<String>,
+    pub(crate) recipients: Vec<String>,
     /// A random name for this submission (also the maildrop file name).
-    pub token: String,
+    pub(crate) token: String,
 }
 
 /// The envelope of a maildrop file of earlier versions.
@@ -58,7 +58,7 @@ struct RequestV0 {
 /// The daemon's answer on the socket: one line of JSON.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Answer {
+pub(crate) enum Answer {
     /// Queued durably under this id (or queued before, from the same token).
     Queued(String),
     /// Not queued: try again later (a full disk, an unavailable queue).
@@ -69,7 +69,7 @@ pub enum Answer {
 
 impl Answer {
     /// The answer for an intake error.
-    pub fn from_error(e: &IntakeError) -> Answer {
+    pub(crate) fn from_error(e: &IntakeError) -> Answer {
         let reply = e.reply();
         if e.is_temporary() {
             Answer::Deferred(reply.to_string())
@@ -80,7 +80,7 @@ impl Answer {
 }
 
 /// A new random token (128 bits, hex): the maildrop file name of a submission.
-pub fn new_token() -> String {
+pub(crate) fn new_token() -> String {
     use rand::RngCore;
     let mut bytes = [0u8; 16];
     rand::thread_rng().fill_bytes(&mut bytes);
@@ -88,7 +88,7 @@ pub fn new_token() -> String {
 }
 
 /// True if `name` can be a token (so also a safe file name in the maildrop).
-pub fn is_token(name: &str) -> bool {
+pub(crate) fn is_token(name: &str) -> bool {
     (8..=64).contains(&name.len())
         && name
             .bytes()
@@ -97,7 +97,7 @@ pub fn is_token(name: &str) -> bool {
 }
 
 /// Writes the request lines (magic and JSON) of `request`.
-pub fn request_lines(request: &Request) -> Vec<u8> {
+pub(crate) fn request_lines(request: &Request) -> Vec<u8> {
     let mut out = MAGIC.to_vec();
     // Serialising strings and a vector cannot fail.
     out.extend_from_slice(&serde_json::to_vec(request).unwrap_or_default());
@@ -107,7 +107,7 @@ pub fn request_lines(request: &Request) -> Vec<u8> {
 
 /// Reads the request lines from `input`: the request and the message bytes read past them.
 /// `token` is used for files of earlier versions, which have none.
-pub async fn read_request<R: AsyncRead + Unpin>(
+pub(crate) async fn read_request<R: AsyncRead + Unpin>(
     input: &mut R,
     fallback_token: &str,
 ) -> Result<(Request, Vec<u8>), String> {
@@ -156,7 +156,7 @@ pub async fn read_request<R: AsyncRead + Unpin>(
 /// Queues a local submission: binds the sender to `submitter`, streams the message from
 /// `input` (after `head`, the bytes already read) into the intake and commits it with the
 /// request's token. `Ok(None)`: queued before under the same token.
-pub async fn submit<R: AsyncRead + Unpin>(
+pub(crate) async fn submit<R: AsyncRead + Unpin>(
     intake: &Arc<Intake>,
     directory: &Directory,
     submitter: &Submitter,

@@ -19,13 +19,13 @@ use crate::intake::Intake;
 use crate::policy::{Directory, Submitter};
 
 /// Submissions handled at once; more wait.
-pub const MAX_CLIENTS: usize = 32;
+pub(crate) const MAX_CLIENTS: usize = 32;
 /// How long a client may stay silent while sending.
-pub const IDLE: Duration = Duration::from_secs(60);
+pub(crate) const IDLE: Duration = Duration::from_secs(60);
 
 /// Binds the socket (replacing a stale one), mode 0666: every local user may submit; who
 /// they are is checked per connection.
-pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+pub(crate) fn bind(path: &Path) -> std::io::Result<UnixListener> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if meta.file_type().is_socket() {
@@ -74,7 +74,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for Idle<R> {
 use std::future::Future;
 
 /// Serves the socket until shutdown.
-pub async fn serve(
+pub(crate) async fn serve(
     path: PathBuf,
     intake: Arc<Intake>,
     directory: Arc<Directory>,

@@ -12,15 +12,15 @@ use smtorp_onion::{OnionError, OnionTransport};
 use tokio::sync::OnceCell;
 
 /// Static routes first, then the onion transport (once it has bootstrapped).
-pub struct OutboundConnector {
+pub(crate) struct OutboundConnector {
     /// `[delivery] routes`.
-    pub routes: BTreeMap<String, SocketAddr>,
+    pub(crate) routes: BTreeMap<String, SocketAddr>,
     /// The onion transport, set once arti has bootstrapped; `None` inside if onion is off.
-    pub onion: Arc<OnceCell<Arc<OnionTransport>>>,
+    pub(crate) onion: Arc<OnceCell<Arc<OnionTransport>>>,
     /// Whether `[onion] enabled` (a missing transport is then "not ready yet").
-    pub onion_enabled: bool,
+    pub(crate) onion_enabled: bool,
     /// Timeout of a TCP connect over a static route.
-    pub connect_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
 }
 
 fn temporary(message: String) -> ConnectError {
@@ -49,7 +49,8 @@ impl OutboundConnector {
             return Err(ConnectError {
                 temporary: false,
                 message: format!(
-                    "{domain} is not an onion address; smtorp delivers only to onion addresses"
+                    "{domain} is not an onion address; {}",
+                    crate::policy::ONION_ONLY
                 ),
             });
         }

@@ -2,7 +2,7 @@
 //! mirrored to `onion/hostname`), bootstrapping arti, publishing the SMTP onion service and
 //! running a session on every stream that reaches virtual port 25.
 
-pub mod connector;
+pub(crate) mod connector;
 
 use std::fs;
 use std::path::PathBuf;
@@ -19,17 +19,17 @@ use crate::listen::{stopped, turn_away, Guarded, SessionFactory};
 use crate::policy::OnionSidePolicy;
 
 /// The nickname of our onion service in arti's keystore.
-pub const NICKNAME: &str = "smtorp";
+pub(crate) const NICKNAME: &str = "smtorp";
 
 /// The arti settings of a configuration.
-pub fn onion_settings(settings: &Settings) -> OnionSettings {
+pub(crate) fn onion_settings(settings: &Settings) -> OnionSettings {
     let arti_config = &settings.config.onion.arti_config;
     OnionSettings {
         state_dir: settings.arti_state_dir(),
         cache_dir: settings.arti_cache_dir(),
         arti_config: (!arti_config.is_empty()).then(|| PathBuf::from(arti_config)),
         nickname: NICKNAME.into(),
-        connect_timeout: settings.onion_connect_timeout,
+        connect_timeout: settings.config.onion.connect_timeout,
     }
 }
 
@@ -39,7 +39,7 @@ fn hostname_file(settings: &Settings) -> PathBuf {
 
 /// Our onion address: creates the identity key if there is none (offline), and mirrors the
 /// address into `<data_dir>/onion/hostname` (like C tor's `hostname` file).
-pub fn ensure_address(settings: &Settings) -> anyhow::Result<String> {
+pub(crate) fn ensure_address(settings: &Settings) -> anyhow::Result<String> {
     prepare_arti_dirs(settings)?;
     let address = smtorp_onion::onion_address(&onion_settings(settings))
         .context("cannot read or create the onion service key")?;
@@ -48,7 +48,7 @@ pub fn ensure_address(settings: &Settings) -> anyhow::Result<String> {
         if let Some(parent) = file.parent() {
             fs::create_dir_all(parent)?;
         }
-        fs::write(&file, format!("{address}\n"))
+        crate::config::layout::write_atomically(&file, format!("{address}\n").as_bytes(), 0o644)
             .with_context(|| format!("cannot write {}", file.display()))?;
     }
     Ok(address)
@@ -56,7 +56,7 @@ pub fn ensure_address(settings: &Settings) -> anyhow::Result<String> {
 
 /// Imports a C tor onion service key (see `smtorp import-key`), then mirrors the address
 /// as [`ensure_address`] does.
-pub fn import_key(settings: &Settings, path: &std::path::Path) -> anyhow::Result<String> {
+pub(crate) fn import_key(settings: &Settings, path: &std::path::Path) -> anyhow::Result<String> {
     prepare_arti_dirs(settings)?;
     smtorp_onion::import_ctor_key(&onion_settings(settings), path)?;
     ensure_address(settings)
@@ -78,7 +78,7 @@ fn set_mode(path: &std::path::Path, mode: u32) -> anyhow::Result<()> {
 
 /// Bootstraps arti (retrying on failure), publishes the onion service and serves SMTP on
 /// every accepted stream until shutdown. Puts the transport into `cell` for outbound use.
-pub async fn serve(
+pub(crate) async fn serve(
     settings: Arc<Settings>,
     factory: Arc<SessionFactory<Guarded<OnionSidePolicy>>>,
     cell: Arc<OnceCell<Arc<OnionTransport>>>,

@@ -15,18 +15,18 @@ use super::Directory;
 
 /// Who submits a message through `sendmail`, as the kernel says.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Submitter {
+pub(crate) struct Submitter {
     /// The user id.
-    pub uid: u32,
+    pub(crate) uid: u32,
     /// The login name, when the system knows one.
-    pub name: Option<String>,
+    pub(crate) name: Option<String>,
     /// True for root, the daemon's own user and `[local] trusted_submitters`.
-    pub trusted: bool,
+    pub(crate) trusted: bool,
 }
 
 impl Submitter {
     /// The submitter with user id `uid`, looked up in the system's user database.
-    pub fn from_uid(uid: u32, trusted_names: &[String]) -> Submitter {
+    pub(crate) fn from_uid(uid: u32, trusted_names: &[String]) -> Submitter {
         let name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
             .ok()
             .flatten()
@@ -41,7 +41,7 @@ impl Submitter {
     }
 
     /// How logs name the submitter.
-    pub fn label(&self) -> String {
+    pub(crate) fn label(&self) -> String {
         match &self.name {
             Some(name) => name.clone(),
             None => format!("uid {}", self.uid),
@@ -51,7 +51,7 @@ impl Submitter {
 
 /// The envelope sender of a message `submitter` submits, asking for `requested` (`None`:
 /// no `-f`; `Some("")`: the null sender), or the refusal.
-pub fn envelope_sender(
+pub(crate) fn envelope_sender(
     directory: &Directory,
     submitter: &Submitter,
     requested: Option<&str>,

@@ -7,13 +7,13 @@
 //! for our own domains and known users or aliases; `postmaster` always (RFC 5321). Nothing
 //! is relayed. The same directory routes recipients at delivery time.
 
-pub mod local;
-pub mod onion_side;
-pub mod submission;
+pub(crate) mod local;
+pub(crate) mod onion_side;
+pub(crate) mod submission;
 
-pub use local::Submitter;
-pub use onion_side::OnionSidePolicy;
-pub use submission::SubmissionPolicy;
+pub(crate) use local::Submitter;
+pub(crate) use onion_side::OnionSidePolicy;
+pub(crate) use submission::SubmissionPolicy;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -26,7 +26,7 @@ use crate::config::Settings;
 
 /// Our domains, users and aliases.
 #[derive(Debug, Clone)]
-pub struct Directory {
+pub(crate) struct Directory {
     domains: BTreeSet<String>,
     users: BTreeSet<String>,
     aliases: BTreeMap<String, String>,
@@ -37,7 +37,7 @@ pub struct Directory {
 impl Directory {
     /// The directory of a configuration. `onion` is our onion address, when known: it is
     /// always one of our domains, and the primary one.
-    pub fn new(settings: Arc<Settings>, onion: Option<&str>) -> Directory {
+    pub(crate) fn new(settings: Arc<Settings>, onion: Option<&str>) -> Directory {
         let mut domains: BTreeSet<String> = settings.local_domains().into_iter().collect();
         let primary = match onion {
             Some(o) => {
@@ -63,24 +63,24 @@ impl Directory {
     }
 
     /// The configuration this directory was made from.
-    pub fn settings(&self) -> &Arc<Settings> {
+    pub(crate) fn settings(&self) -> &Arc<Settings> {
         &self.settings
     }
 
     /// The name we present: our onion address, else the first local domain, else localhost.
-    pub fn primary_domain(&self) -> &str {
+    pub(crate) fn primary_domain(&self) -> &str {
         &self.primary
     }
 
     /// True if `domain` (lower-case) is ours (a local domain, our onion address, or the
     /// primary name, which is `localhost` when nothing else is configured).
-    pub fn is_local_domain(&self, domain: &str) -> bool {
+    pub(crate) fn is_local_domain(&self, domain: &str) -> bool {
         self.domains.contains(domain) || domain == self.primary
     }
 
     /// The local user a local part reaches (aliases resolved), if any. `postmaster` with no
     /// alias reaches the user named postmaster.
-    pub fn user_of(&self, local_part: &str) -> Option<String> {
+    pub(crate) fn user_of(&self, local_part: &str) -> Option<String> {
         let local = local_part.to_ascii_lowercase();
         if let Some(target) = self.aliases.get(&local) {
             return Some(target.clone());
@@ -93,13 +93,13 @@ impl Directory {
 
     /// True if `address` is one of `user`'s own: `user@` one of our domains, or an alias
     /// there that points at `user`.
-    pub fn owns(&self, user: &str, address: &Address) -> bool {
+    pub(crate) fn owns(&self, user: &str, address: &Address) -> bool {
         self.is_local_domain(&address.domain)
             && self.user_of(&address.local_part).as_deref() == Some(user)
     }
 
     /// True if `name` is in `[local] users`.
-    pub fn is_user(&self, name: &str) -> bool {
+    pub(crate) fn is_user(&self, name: &str) -> bool {
         self.users.contains(&name.to_ascii_lowercase())
     }
 }
@@ -107,7 +107,7 @@ impl Directory {
 /// What a recipient address is to us: the one classification every way in and the router
 /// share.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RecipientClass {
+pub(crate) enum RecipientClass {
     /// One of our domains and a known user or alias: delivered to this local user.
     Local(String),
     /// One of our domains, but no such user or alias.
@@ -120,9 +120,9 @@ pub enum RecipientClass {
 
 /// Which way a recipient came in, for [`refusal`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
+pub(crate) enum Side {
     /// The onion side: only our own users (no relay).
-    OnionSide,
+    Onion,
     /// Local submission (submission port, `sendmail`): our users and any onion address.
     Submission,
     /// At delivery time (the router).
@@ -130,10 +130,11 @@ pub enum Side {
 }
 
 /// The text of every refusal of a recipient that is not an onion address.
-pub const ONION_ONLY: &str = "smtorp delivers only to onion addresses (user@<56 characters>.onion)";
+pub(crate) const ONION_ONLY: &str =
+    "smtorp delivers only to onion addresses (user@<56 characters>.onion)";
 
 /// Whether a recipient of `class` is accepted when it comes in on `side`; the refusal if not.
-pub fn check(class: &RecipientClass, side: Side) -> Result<(), Reply> {
+pub(crate) fn check(class: &RecipientClass, side: Side) -> Result<(), Reply> {
     match (class, side) {
         (RecipientClass::Local(_), _) => Ok(()),
         (RecipientClass::Onion, Side::Submission | Side::Delivery) => Ok(()),
@@ -142,12 +143,12 @@ pub fn check(class: &RecipientClass, side: Side) -> Result<(), Reply> {
 }
 
 /// The reply that refuses `class` on `side` (the one place these texts live).
-pub fn refusal(class: &RecipientClass, side: Side) -> Reply {
+pub(crate) fn refusal(class: &RecipientClass, side: Side) -> Reply {
     match (class, side) {
-        (RecipientClass::Onion, Side::OnionSide) => {
+        (RecipientClass::Onion, Side::Onion) => {
             Reply::new(550, [5, 7, 1], "Relay access denied")
         }
-        (RecipientClass::NotOnion, Side::OnionSide) => {
+        (RecipientClass::NotOnion, Side::Onion) => {
             Reply::new(550, [5, 7, 1], "Relay access denied")
         }
         (RecipientClass::NotOnion, _) => Reply::new(550, [5, 1, 2], ONION_ONLY),
@@ -161,7 +162,7 @@ pub fn refusal(class: &RecipientClass, side: Side) -> Reply {
 
 impl Directory {
     /// Classifies a validated recipient address.
-    pub fn classify(&self, address: &Address) -> RecipientClass {
+    pub(crate) fn classify(&self, address: &Address) -> RecipientClass {
         if self.is_local_domain(&address.domain) {
             return match self.user_of(&address.local_part) {
                 Some(user) => RecipientClass::Local(user),
@@ -211,7 +212,6 @@ impl Directory {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::config;
 

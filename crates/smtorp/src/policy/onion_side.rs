@@ -9,7 +9,7 @@ use super::{check, Directory, Side};
 
 /// The onion-side policy.
 #[derive(Debug, Clone)]
-pub struct OnionSidePolicy(pub Arc<Directory>);
+pub(crate) struct OnionSidePolicy(pub Arc<Directory>);
 
 impl Policy for OnionSidePolicy {
     fn check_sender(
@@ -22,13 +22,12 @@ impl Policy for OnionSidePolicy {
     }
 
     fn check_recipient(&self, rcpt: &Address) -> Result<(), Reply> {
-        check(&self.0.classify(rcpt), Side::OnionSide)
+        check(&self.0.classify(rcpt), Side::Onion)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::policy::tests::directory;
 

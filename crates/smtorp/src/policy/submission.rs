@@ -10,7 +10,7 @@ use super::{check, Directory, Side};
 
 /// Who may send what on the submission port.
 #[derive(Debug, Clone)]
-pub struct SubmissionPolicy(pub Arc<Directory>);
+pub(crate) struct SubmissionPolicy(pub Arc<Directory>);
 
 impl Policy for SubmissionPolicy {
     fn check_sender(&self, sender: Option<&Address>, auth_user: Option<&str>) -> Result<(), Reply> {
@@ -36,7 +36,6 @@ impl Policy for SubmissionPolicy {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn policy() -> SubmissionPolicy {

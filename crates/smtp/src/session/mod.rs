@@ -19,6 +19,8 @@ mod submission;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_garbage;
+#[cfg(test)]
 mod tests_submission;
 
 use data::DataState;
