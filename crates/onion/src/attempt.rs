@@ -53,19 +53,27 @@ impl Isolation {
         (before.token, before.used)
     }
 
-    /// Retires `stale` for `domain` and returns the token for an attempt starting now. If
-    /// another attempt already replaced `stale`, its replacement is kept (concurrent sessions
-    /// to one peer keep sharing one fresh arti task).
-    pub(crate) fn renew(&self, domain: &str, stale: IsolationToken) -> IsolationToken {
+    /// Retires `stale` for `domain` and returns its replacement, marked used if `use_now`
+    /// (an attempt starts with it at once). If another attempt already replaced `stale`, its
+    /// replacement is kept (concurrent sessions to one peer keep sharing one fresh arti task).
+    pub(crate) fn renew(
+        &self,
+        domain: &str,
+        stale: IsolationToken,
+        use_now: bool,
+    ) -> IsolationToken {
         let mut map = self.lock();
         let entry = map.entry(domain.to_owned()).or_insert(Entry {
             token: stale,
             used: true,
         });
         if entry.token == stale {
-            entry.token = IsolationToken::new();
+            *entry = Entry {
+                token: IsolationToken::new(),
+                used: false,
+            };
         }
-        entry.used = true;
+        entry.used |= use_now;
         entry.token
     }
 
@@ -90,8 +98,10 @@ pub(crate) enum Failure<E> {
 ///
 /// - if the attempt has not finished after `fresh_after`, a second one starts beside it on
 ///   a fresh token; the first success wins, and a failure waits for the other attempt;
-/// - if it fails with a token that an earlier attempt used (arti may have answered from what
-///   it remembered: a descriptor, a circuit, a task), it is retried at once on a fresh token;
+/// - if it fails with a token that an earlier attempt used without failing (arti may have
+///   answered from what it remembered: a circuit, a descriptor, a task), it is retried at
+///   once on a fresh token. After a failure there is nothing to forget (arti also drops a
+///   failed task's descriptor), so a failure on a fresh token is returned as it is;
 /// - any failure retires the token used last, so the next call starts afresh.
 pub(crate) async fn connect<T, E, F, Fut>(
     isolation: &Isolation,
@@ -120,7 +130,7 @@ where
             },
             () = tokio::time::sleep(fresh_after) => false,
         };
-        let second_token = isolation.renew(domain, first_token);
+        let second_token = isolation.renew(domain, first_token, true);
         last_token = second_token;
         let second = Box::pin(tagged(second_token));
         if first_failed {
@@ -146,11 +156,11 @@ where
             Ok(value)
         }
         Ok(Err(e)) => {
-            isolation.renew(domain, last_token);
+            isolation.renew(domain, last_token, false);
             Err(Failure::Failed(e))
         }
         Err(_) => {
-            isolation.renew(domain, last_token);
+            isolation.renew(domain, last_token, false);
             Err(Failure::TimedOut)
         }
     }
@@ -191,11 +201,12 @@ mod tests {
         assert!(!used);
         assert_eq!(iso.take("a.onion"), (a, true));
         assert_ne!(iso.take("b.onion").0, a);
-        let fresh = iso.renew("a.onion", a);
+        let fresh = iso.renew("a.onion", a, false);
         assert_ne!(fresh, a);
-        assert_eq!(iso.take("a.onion"), (fresh, true));
+        assert_eq!(iso.take("a.onion"), (fresh, false));
         // A second session renewing the same stale token joins the first renewal.
-        assert_eq!(iso.renew("a.onion", a), fresh);
+        assert_eq!(iso.renew("a.onion", a, true), fresh);
+        assert_eq!(iso.take("a.onion"), (fresh, true));
     }
 
     #[tokio::test]
@@ -236,6 +247,23 @@ mod tests {
         // A first attempt on a fresh token is not repeated at once: nothing was stale.
         assert_eq!(tried.all().len(), 1);
         assert_ne!(peek(&iso, "a.onion"), Some(tried.all()[0]));
+    }
+
+    #[tokio::test]
+    async fn after_a_failure_the_next_call_makes_one_attempt() {
+        let iso = Isolation::default();
+        let tried = Tried::default();
+        let attempt = |t| {
+            tried.push(t);
+            async { Err::<(), _>("service down") }
+        };
+        for _ in 0..3 {
+            let got = connect(&iso, "a.onion", LONG, LONG, attempt).await;
+            assert_eq!(got, Err(Failure::Failed("service down")));
+        }
+        let all = tried.all();
+        assert_eq!(all.len(), 3);
+        assert!(all[0] != all[1] && all[1] != all[2] && all[0] != all[2]);
     }
 
     #[tokio::test]
