@@ -52,6 +52,10 @@ pub trait Connector: Send + Sync + 'static {
 /// How long an idle session to a destination is kept for the next message.
 pub const IDLE_TTL: Duration = Duration::from_secs(60);
 
+/// How long a cached session may take to answer the RSET that checks it is still alive
+/// before we give up on it and open a new one (a round trip over Tor takes about a second).
+const REUSE_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// An open session, ready for MAIL FROM.
 struct Session {
     client: SmtpClient<BoxedStream>,
@@ -207,9 +211,14 @@ impl RemoteDelivery {
                 continue; // dropped: the peer sees the stream close
             }
             let mut session = candidate;
-            match session.client.rset().await {
-                Ok(()) => return Some(session),
-                Err(e) => debug!(domain, error = %e, "cached session is gone; opening a new one"),
+            match tokio::time::timeout(REUSE_PROBE_TIMEOUT, session.client.rset()).await {
+                Ok(Ok(())) => return Some(session),
+                Ok(Err(e)) => {
+                    debug!(domain, error = %e, "cached session is gone; opening a new one")
+                }
+                // A peer that restarted may leave its old circuit open at the relays for a
+                // while: nothing would ever answer on it.
+                Err(_) => debug!(domain, "cached session does not answer; opening a new one"),
             }
         }
     }

@@ -1,10 +1,10 @@
 //! The arti client and the onion service: bootstrap, offline identity, launch with inbound
 //! streams to virtual port 25, and isolated outbound connections.
 
-use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use arti_client::config::onion_service::OnionServiceConfigBuilder;
 use arti_client::{IsolationToken, StreamPrefs, TorClient};
@@ -16,8 +16,14 @@ use tor_proto::stream::IncomingStreamRequest;
 use tor_rtcompat::PreferredRuntime;
 use tracing::{debug, info, warn};
 
+use crate::attempt::{self, Failure, Isolation};
 use crate::config::{client_config, OnionSettings};
 use crate::DataStream;
+
+/// How long an outbound attempt may go without a stream before a fresh one starts beside it
+/// (at most half of the connect timeout). A connection to an onion service takes about a
+/// second on the private test network and a few seconds on the real Tor network.
+pub const FRESH_ATTEMPT_AFTER: Duration = Duration::from_secs(15);
 
 /// What can go wrong in the onion transport.
 #[derive(Debug, thiserror::Error)]
@@ -70,7 +76,7 @@ pub fn onion_address(settings: &OnionSettings) -> Result<String, OnionError> {
 pub struct OnionTransport {
     client: Arc<TorClient<PreferredRuntime>>,
     settings: OnionSettings,
-    isolation: Mutex<HashMap<String, IsolationToken>>,
+    isolation: Isolation,
 }
 
 /// Accepted streams to our virtual port 25. Keeps the service running while it lives.
@@ -140,7 +146,7 @@ impl OnionTransport {
         Ok(OnionTransport {
             client,
             settings,
-            isolation: Mutex::new(HashMap::new()),
+            isolation: Isolation::default(),
         })
     }
 
@@ -187,7 +193,10 @@ impl OnionTransport {
         self.client.bootstrap_status().to_string()
     }
 
-    /// Opens a stream to `<domain>:port` (an onion domain), isolated per domain.
+    /// Opens a stream to `<domain>:port` (an onion domain), isolated per domain. A failed
+    /// or timed-out attempt makes the next one start afresh in arti, and an attempt still
+    /// without a stream after [`FRESH_ATTEMPT_AFTER`] gets a fresh one beside it
+    /// (module `attempt`; why: docs/onion.md, "After a peer restarts").
     pub async fn connect(&self, domain: &str, port: u16) -> Result<DataStream, OnionError> {
         if !domain.ends_with(".onion") {
             return Err(OnionError::Connect {
@@ -197,17 +206,17 @@ impl OnionTransport {
                 ),
             });
         }
-        let token = {
-            let mut map = self.isolation.lock().unwrap_or_else(|p| p.into_inner());
-            *map.entry(domain.to_owned())
-                .or_insert_with(IsolationToken::new)
+        let timeout = self.settings.connect_timeout;
+        let fresh_after = FRESH_ATTEMPT_AFTER.min(timeout / 2);
+        let attempt = |token: IsolationToken| {
+            let mut prefs = StreamPrefs::new();
+            prefs.set_isolation(token);
+            let client = &self.client;
+            async move { client.connect_with_prefs((domain, port), &prefs).await }
         };
-        let mut prefs = StreamPrefs::new();
-        prefs.set_isolation(token);
-        let attempt = self.client.connect_with_prefs((domain, port), &prefs);
-        match tokio::time::timeout(self.settings.connect_timeout, attempt).await {
-            Ok(Ok(stream)) => Ok(stream),
-            Ok(Err(e)) => {
+        match attempt::connect(&self.isolation, domain, fresh_after, timeout, attempt).await {
+            Ok(stream) => Ok(stream),
+            Err(Failure::Failed(e)) => {
                 let kind = tor_error::HasKind::kind(&e);
                 let permanent = matches!(
                     kind,
@@ -220,12 +229,9 @@ impl OnionTransport {
                     message: format!("onion connection failed: {e}"),
                 })
             }
-            Err(_) => Err(OnionError::Connect {
+            Err(Failure::TimedOut) => Err(OnionError::Connect {
                 temporary: true,
-                message: format!(
-                    "onion connection timed out after {} s",
-                    self.settings.connect_timeout.as_secs()
-                ),
+                message: format!("onion connection timed out after {} s", timeout.as_secs()),
             }),
         }
     }
