@@ -787,6 +787,17 @@ impl Queue {
         Ok(out)
     }
 
+    /// The ids of every queued message (keys only: nothing is decoded).
+    pub fn ids(&self) -> Result<Vec<QueueId>, QueueError> {
+        let mut out = Vec::with_capacity(self.envelopes.len());
+        for key in self.envelopes.iter().keys() {
+            if let Some(id) = keys::parse_id_key(&key?) {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
     /// Number of queued messages.
     pub fn len(&self) -> usize {
         self.envelopes.len()

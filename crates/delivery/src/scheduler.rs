@@ -214,9 +214,9 @@ pub struct Scheduler {
     config: SchedulerConfig,
     shared: Arc<Shared>,
     active: Mutex<HashSet<QueueId>>,
-    /// When this scheduler started (Unix seconds): messages older than that may have been
-    /// delivered by an earlier process that could not record it.
-    started: u64,
+    /// The messages queued before this scheduler started (read once, at the start of
+    /// [`Scheduler::run`]): an earlier process may have delivered them without recording it.
+    inherited: Mutex<Option<HashSet<QueueId>>>,
     /// A queue update failed since start: a recorded result may be missing.
     unsaved: AtomicBool,
 }
@@ -224,7 +224,6 @@ pub struct Scheduler {
 impl Scheduler {
     /// A scheduler over these parts.
     pub fn new(parts: Parts, config: SchedulerConfig) -> Scheduler {
-        let started = parts.clock.now();
         Scheduler {
             parts,
             config,
@@ -234,7 +233,7 @@ impl Scheduler {
                 destinations: Mutex::new(HashMap::new()),
             }),
             active: Mutex::new(HashSet::new()),
-            started,
+            inherited: Mutex::new(None),
             unsaved: AtomicBool::new(false),
         }
     }
@@ -252,6 +251,7 @@ impl Scheduler {
 
     /// Runs until `shutdown` turns true, then waits for deliveries in progress.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        self.remember_inherited().await;
         let this = Arc::new(self);
         let mut tasks = JoinSet::new();
         let mut last_upkeep = std::time::Instant::now();
@@ -307,6 +307,33 @@ impl Scheduler {
         info!("delivery scheduler stopped");
     }
 
+    /// Notes which messages were queued before this scheduler started.
+    pub async fn remember_inherited(&self) {
+        let ids = loop {
+            match self.parts.queue.call(|q| q.ids()).await {
+                Ok(ids) => break ids,
+                Err(e) => {
+                    warn!(error = %e, "cannot list the queue at start; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
+        *self.inherited.lock().unwrap_or_else(|p| p.into_inner()) = Some(ids.into_iter().collect());
+    }
+
+    /// True if an earlier attempt at `envelope` may have delivered without its result being
+    /// recorded: it was queued before this process started, a queue update failed since, or
+    /// it was attempted before.
+    fn maybe_done(&self, envelope: &Envelope) -> bool {
+        let inherited = match &*self.inherited.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(ids) => ids.contains(&envelope.id),
+            None => true, // not known yet: assume the worst
+        };
+        inherited
+            || self.unsaved.load(Ordering::SeqCst)
+            || envelope.recipients.iter().any(|r| r.attempts > 0)
+    }
+
     fn sinks(&self) -> Vec<Arc<dyn Sink>> {
         let mut sinks = vec![self.parts.local.clone()];
         sinks.extend(self.parts.remote.clone());
@@ -341,9 +368,7 @@ impl Scheduler {
         };
         let content = Content::new(queue.clone(), id);
         let before: Vec<RecipientState> = envelope.recipients.iter().map(|r| r.state).collect();
-        let maybe_done = envelope.arrival < self.started
-            || self.unsaved.load(Ordering::SeqCst)
-            || envelope.recipients.iter().any(|r| r.attempts > 0);
+        let maybe_done = self.maybe_done(&envelope);
         let mut groups: Vec<(Route, Vec<usize>)> = Vec::new();
         for (index, rcpt) in envelope.recipients.iter().enumerate() {
             if rcpt.state != RecipientState::Pending {

@@ -170,7 +170,7 @@ fn config() -> SchedulerConfig {
     }
 }
 
-fn world(local: Arc<FakeSink>, remote: Arc<FakeSink>, config: SchedulerConfig) -> World {
+async fn world(local: Arc<FakeSink>, remote: Arc<FakeSink>, config: SchedulerConfig) -> World {
     let dir = tempfile::tempdir().unwrap();
     let queue = Arc::new(Queue::open(dir.path()).unwrap());
     let clock = Arc::new(FakeClock(AtomicU64::new(T0)));
@@ -186,6 +186,8 @@ fn world(local: Arc<FakeSink>, remote: Arc<FakeSink>, config: SchedulerConfig) -
         },
         config,
     );
+    // What `run` does first: note the messages an earlier process left (none here).
+    scheduler.remember_inherited().await;
     World {
         _dir: dir,
         queue,
@@ -230,7 +232,7 @@ fn unreachable() -> Outcome {
 #[tokio::test]
 async fn retries_follow_the_schedule_and_the_last_step_repeats() {
     let remote = FakeSink::scripted(std::iter::repeat_n(temporary(), 5));
-    let w = world(FakeSink::scripted([]), remote, config());
+    let w = world(FakeSink::scripted([]), remote, config()).await;
     let id = w.queue_message("a@local", &["b@bbb.onion"]);
     let mut expected_waits = vec![60, 120, 300, 300, 300].into_iter();
     for attempt in 1..=5u32 {
@@ -262,7 +264,7 @@ async fn retries_follow_the_schedule_and_the_last_step_repeats() {
 #[tokio::test]
 async fn expiry_fails_pending_recipients_and_bounces_once() {
     let remote = FakeSink::scripted(std::iter::repeat_n(temporary(), 10));
-    let w = world(FakeSink::scripted([]), remote, config());
+    let w = world(FakeSink::scripted([]), remote, config()).await;
     let id = w.queue_message("alice@local", &["b@bbb.onion"]);
     w.scheduler.deliver_message(id).await;
     w.clock.advance(3600);
@@ -290,7 +292,7 @@ async fn permanent_failures_bounce_but_never_for_a_null_sender() {
         Outcome::Permanent(Reply::new(550, [5, 1, 1], "no such user")),
         Outcome::Permanent(Reply::new(550, [5, 1, 1], "no such user")),
     ]);
-    let w = world(FakeSink::scripted([]), remote, config());
+    let w = world(FakeSink::scripted([]), remote, config()).await;
     let id = w.queue_message("alice@local", &["b@bbb.onion"]);
     w.scheduler.deliver_message(id).await;
     assert!(w.envelope(id).is_none());
@@ -305,7 +307,7 @@ async fn permanent_failures_bounce_but_never_for_a_null_sender() {
 
 #[tokio::test]
 async fn recipients_are_grouped_by_route_and_unroutable_ones_fail() {
-    let w = world(FakeSink::scripted([]), FakeSink::scripted([]), config());
+    let w = world(FakeSink::scripted([]), FakeSink::scripted([]), config()).await;
     let id = w.queue_message(
         "alice@local",
         &[
@@ -336,7 +338,7 @@ async fn recipients_are_grouped_by_route_and_unroutable_ones_fail() {
 #[tokio::test]
 async fn a_retry_looks_for_an_earlier_copy() {
     let local = FakeSink::scripted([Outcome::temporary([4, 3, 0], "disk full")]);
-    let w = world(local, FakeSink::scripted([]), config());
+    let w = world(local, FakeSink::scripted([]), config()).await;
     let id = w.queue_message("alice@local", &["bob@local"]);
     w.scheduler.deliver_message(id).await;
     w.clock.advance(60);
@@ -349,9 +351,44 @@ async fn a_retry_looks_for_an_earlier_copy() {
 }
 
 #[tokio::test]
+async fn messages_left_by_an_earlier_process_are_looked_for_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Arc::new(Queue::open(dir.path()).unwrap());
+    let id = queue.next_id().unwrap();
+    let rcpts = vec!["bob@local".to_string()];
+    queue
+        .insert(&NewMessage {
+            id,
+            sender: "a@local",
+            recipients: &rcpts,
+            origin: Origin::Smtp,
+            arrival: T0,
+            body: b"x\r\n",
+        })
+        .unwrap();
+    // Queued before the scheduler started (in the same second, even), never attempted:
+    // a crash may have come after its Maildir write.
+    let local = FakeSink::scripted([]);
+    let scheduler = Scheduler::new(
+        Parts {
+            queue: queue.clone(),
+            router: Arc::new(FakeRouter),
+            local: local.clone(),
+            remote: None,
+            bouncer: None,
+            clock: Arc::new(FakeClock(AtomicU64::new(T0))),
+        },
+        config(),
+    );
+    scheduler.remember_inherited().await;
+    scheduler.deliver_message(id).await;
+    assert!(local.seen()[0].maybe_done);
+}
+
+#[tokio::test]
 async fn an_unreachable_destination_holds_its_other_mail() {
     let remote = FakeSink::scripted([unreachable()]);
-    let w = world(FakeSink::scripted([]), remote, config());
+    let w = world(FakeSink::scripted([]), remote, config()).await;
     let first = w.queue_message("alice@local", &["x@bbb.onion"]);
     let second = w.queue_message("alice@local", &["y@bbb.onion"]);
     let elsewhere = w.queue_message("alice@local", &["z@ccc.onion"]);
@@ -400,7 +437,8 @@ async fn concurrency_and_sessions_per_destination_are_limits() {
         FakeSink::holding(Duration::from_millis(150)),
         remote,
         config,
-    );
+    )
+    .await;
     let mut ids = Vec::new();
     for i in 0..4 {
         ids.push(w.queue_message("alice@local", &[&format!("r{i}@bbb.onion")]));

@@ -57,6 +57,9 @@ pub fn arti_toml(layout: &Layout) -> String {
          hsdir_interval = 8\n\
          guard-min-filtered-sample-size = 2\n\
          guard-n-primary-guards = 2\n\
+         # arti learns circuit build times of a few ms on 127.0.0.1 and would then give up\n\
+         # on builds a busy machine delays: keep its timeout at 2 s at least.\n\
+         cbtmintimeout = 2000\n\
          \n\
          [preemptive_circuits]\n\
          initial_predicted_ports = []\n\
@@ -126,6 +129,10 @@ mod tests {
         assert_eq!(
             v["override_net_params"]["hsdir_interval"].as_integer(),
             Some(8)
+        );
+        assert_eq!(
+            v["override_net_params"]["cbtmintimeout"].as_integer(),
+            Some(2000)
         );
         assert_eq!(
             v["preemptive_circuits"]["disable_at_threshold"].as_integer(),

@@ -145,9 +145,7 @@ pub(crate) fn check(class: &RecipientClass, side: Side) -> Result<(), Reply> {
 /// The reply that refuses `class` on `side` (the one place these texts live).
 pub(crate) fn refusal(class: &RecipientClass, side: Side) -> Reply {
     match (class, side) {
-        (RecipientClass::Onion, Side::Onion) => {
-            Reply::new(550, [5, 7, 1], "Relay access denied")
-        }
+        (RecipientClass::Onion, Side::Onion) => Reply::new(550, [5, 7, 1], "Relay access denied"),
         (RecipientClass::NotOnion, Side::Onion) => {
             Reply::new(550, [5, 7, 1], "Relay access denied")
         }
