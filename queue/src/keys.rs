@@ -7,6 +7,10 @@ pub(crate) const ENVELOPES: &str = "envelopes";
 /// Tree of older versions: id (8 bytes big-endian) -> raw message body. Bodies now live in
 /// spool files; [`crate::Queue::open`] moves any left here into them.
 pub(crate) const BODIES: &str = "bodies";
+/// Tree: a keyed hash of a peer (32 bytes, made by the caller) -> last seen, Unix seconds
+/// (8 bytes BE): peers known to authenticate their mail (docs/sender-auth.md). The queue
+/// stores only what it is given: no address.
+pub(crate) const PEERS: &str = "peers";
 /// The folder (inside the queue folder) of the spool files, one per message, named by id.
 pub(crate) const SPOOL_DIR: &str = "spool";
 /// Tree: due secs (8 bytes BE) || id (8 bytes BE) -> empty value.

@@ -258,6 +258,7 @@ pub struct Queue {
     envelopes: sled::Tree,
     due: sled::Tree,
     tokens: sled::Tree,
+    peers: sled::Tree,
     spool: spool::SpoolDir,
     recovery: RecoveryReport,
     flusher: Flusher,
@@ -368,6 +369,7 @@ impl Queue {
         let due = db.open_tree(keys::DUE)?;
         let quarantine = db.open_tree(keys::QUARANTINE)?;
         let tokens = db.open_tree(keys::TOKENS)?;
+        let peers = db.open_tree(keys::PEERS)?;
 
         let migrated = recovery::migrate_bodies(&bodies, &spool)?;
         db.flush()?;
@@ -398,6 +400,7 @@ impl Queue {
             envelopes,
             due,
             tokens,
+            peers,
             spool,
             recovery: report,
             flusher,
@@ -591,6 +594,32 @@ impl Queue {
                     .map_err(QueueError::from)
             })
             .collect()
+    }
+
+    /// Records that the peer with this key (an opaque 32-byte keyed hash the caller makes)
+    /// was seen at `when` (Unix seconds). Not durable until the next sync.
+    pub fn record_peer(&self, key: &[u8; 32], when: u64) -> Result<(), QueueError> {
+        self.peers.insert(key, &when.to_be_bytes()[..])?;
+        Ok(())
+    }
+
+    /// Every recorded peer key with the time it was last seen.
+    pub fn peers(&self) -> Result<Vec<([u8; 32], u64)>, QueueError> {
+        let mut out = Vec::new();
+        for item in self.peers.iter() {
+            let (k, v) = item?;
+            let (Ok(key), Ok(when)) = (<[u8; 32]>::try_from(&k[..]), <[u8; 8]>::try_from(&v[..]))
+            else {
+                continue;
+            };
+            out.push((key, u64::from_be_bytes(when)));
+        }
+        Ok(out)
+    }
+
+    /// Forgets a peer; true if it was recorded.
+    pub fn forget_peer(&self, key: &[u8; 32]) -> Result<bool, QueueError> {
+        Ok(self.peers.remove(key)?.is_some())
     }
 
     /// Group commit: returns once everything written before the call is on stable storage

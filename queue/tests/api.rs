@@ -495,3 +495,22 @@ async fn a_stuck_store_call_is_answered_in_time_and_the_queue_recovers() {
     }
     assert_eq!(q.call(|q| Ok(q.len())).await.unwrap(), 0);
 }
+
+#[test]
+fn peers_are_opaque_keys_with_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let q = Queue::open(dir.path()).unwrap();
+        q.record_peer(&[1u8; 32], 100).unwrap();
+        q.record_peer(&[2u8; 32], 200).unwrap();
+        q.record_peer(&[1u8; 32], 300).unwrap();
+        q.sync_blocking().unwrap();
+    }
+    let q = Queue::open(dir.path()).unwrap();
+    let mut peers = q.peers().unwrap();
+    peers.sort();
+    assert_eq!(peers, vec![([1u8; 32], 300), ([2u8; 32], 200)]);
+    assert!(q.forget_peer(&[1u8; 32]).unwrap());
+    assert!(!q.forget_peer(&[1u8; 32]).unwrap());
+    assert_eq!(q.peers().unwrap().len(), 1);
+}
