@@ -37,6 +37,51 @@ def make_onion() -> str:
     return base64.b32encode(pub + chk + b"\x03").decode().lower() + ".onion"
 
 
+def onion_of(public_key: bytes) -> str:
+    """The v3 onion domain of an ed25519 public key."""
+    chk = hashlib.sha3_256(b".onion checksum" + public_key + b"\x03").digest()[:2]
+    return base64.b32encode(public_key + chk + b"\x03").decode().lower() + ".onion"
+
+
+class OnionKey:
+    """An onion service identity key made here (with OpenSSL, through `cryptography`): it
+    writes C tor's `hs_ed25519_secret_key` for `[onion] key_file` and signs XONIONAUTH
+    commands as docs/sender-auth.md section 4 says (an independent implementation)."""
+
+    CTOR_HEADER = b"== ed25519v1-secret: type0 ==\x00\x00\x00"
+
+    def __init__(self, seed: bytes | None = None):
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+        self.seed = seed or os.urandom(32)
+        self._key = Ed25519PrivateKey.from_private_bytes(self.seed)
+        self.public = self._key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        self.onion = onion_of(self.public)
+
+    def write_ctor_secret_key(self, path: Path) -> Path:
+        """C tor's format: a 32-byte header, then SHA-512(seed) with the scalar clamped."""
+        h = bytearray(hashlib.sha512(self.seed).digest())
+        h[0] &= 248
+        h[31] &= 127
+        h[31] |= 64
+        path.write_bytes(self.CTOR_HEADER + bytes(h))
+        path.chmod(0o600)
+        return path
+
+    def xonionauth(self, server_onion: str, nonce_b64: str) -> str:
+        """The command line (without CRLF) that authenticates this key to `server_onion`
+        for a session whose EHLO showed `nonce_b64`."""
+        label = server_onion[: -len(".onion")].upper()
+        server_key = base64.b32decode(label)[:32]
+        nonce = base64.b64decode(nonce_b64, validate=True)
+        assert len(nonce) == 32
+        message = b"SMTP XONIONAUTH v1\x00client\x00" + server_key + self.public + nonce
+        assert len(message) == 122
+        signature = self._key.sign(message)
+        return f"XONIONAUTH {self.onion} {base64.b64encode(signature).decode()}"
+
+
 def bad_onion(onion: str) -> str:
     """The same onion with one character flipped: the checksum no longer matches."""
     label = onion[: -len(".onion")]
@@ -158,14 +203,19 @@ class Server:
     """One smtorp daemon on a private data_dir with one TCP listener on 127.0.0.1."""
 
     def __init__(self, binary: Path, tmp: Path, *, users=("alice", "bob"), aliases=None,
-                 smtp=None, delivery=None, extra_domains=(), log_level="info"):
+                 smtp=None, delivery=None, extra_domains=(), log_level="info",
+                 key: OnionKey | None = None):
+        """`key`: our onion's identity key, written for `[onion] key_file` (the server then
+        signs its mail with XONIONAUTH); without one the domain is a random onion and the
+        server does not sign."""
         self.binary = binary
         self.tmp = tmp
         tmp.mkdir(parents=True, exist_ok=True)
         self.data_dir = tmp / "data"
         self.config_path = tmp / "smtorp.toml"
         self.log_path = tmp / "smtorp.log"
-        self.domain = make_onion()
+        self.key = key
+        self.domain = key.onion if key else make_onion()
         self.port = free_port()
         self.users = list(users)
         self.aliases = dict(aliases or {})
@@ -185,6 +235,11 @@ class Server:
             "",
             "[onion]",
             "enabled = false",
+        ]
+        if key:
+            key_file = key.write_ctor_secret_key(tmp / "hs_ed25519_secret_key")
+            lines.append(f"key_file = {toml_str(str(key_file))}")
+        lines += [
             "",
             "[smtp]",
         ]

@@ -248,9 +248,12 @@ def test_dovecot_fetches_a_delivery_byte_for_byte(mail_host):
     assert added.startswith(
         f"Return-Path: <{sender}>\r\nDelivered-To: {server.addr('alice')}\r\nReceived: ".encode()
     ), added
-    received = re.sub(rb"\r\n\s+", b" ", added.split(b"Received: ", 1)[1])
+    received, results = re.sub(rb"\r\n\s+", b" ", added.split(b"Received: ", 1)[1]).split(
+        b"\r\nAuthentication-Results: ")
     assert f"by {server.domain} with ESMTP id {queue_id}".encode() in received, received
-    assert received.endswith(b"+0000\r\n"), received
+    assert received.endswith(b"+0000"), received
+    # The sender's server did not sign (sender authentication): marked, not refused.
+    assert results == f"{server.domain}; x-onion-auth=none\r\n".encode(), results
     # Dovecot keeps its own files in the folder; they do not disturb smtorp.
     assert (server.maildir_path("alice") / "dovecot-uidlist").exists()
 

@@ -17,7 +17,7 @@ import uuid
 
 import pytest
 
-from conftest import simple_message, smtp
+from conftest import make_onion, simple_message, smtp
 
 SEP = "--smtorp-test-separator--"
 
@@ -117,7 +117,7 @@ def test_mutt_opens_the_maildir_and_counts_the_messages(server, tmp_path):
     ids = [uuid.uuid4().hex for _ in range(3)]
     c = smtp(server)
     for tid in ids[:2]:
-        c.sendmail(f"peer@{server.domain}", [server.addr("alice")],
+        c.sendmail(f"peer@{make_onion()}", [server.addr("alice")],
                    simple_message(server, subject=f"smtp {tid}", extra_headers=f"X-Test-Id: {tid}\r\n"))
     c.quit()
     r = server.sendmail(server.addr("alice"),

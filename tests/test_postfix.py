@@ -159,6 +159,8 @@ def test_postfix_delivers_to_smtorp(postfix_and_smtorp):
     assert msg["Return-Path"] == f"<carol@{postfix.domain}>"
     # Our Received names Postfix by its EHLO name and us by our onion address only.
     assert f"from peer.localdomain by {server.domain} with ESMTP id" in msg.get_all("Received")[0]
+    # Postfix does not speak XONIONAUTH: accepted (sender_auth = "verify") and marked none.
+    assert msg.get_all("Authentication-Results") == [f"{server.domain}; x-onion-auth=none"]
 
 
 def test_postfix_refusal_bounces_with_its_text(postfix_and_smtorp):

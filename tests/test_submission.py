@@ -197,6 +197,9 @@ def test_local_delivery_with_header_hygiene(sub):
         "X-Mailer: K-9 Mail\r\n"
         "X-Originating-IP: [192.168.1.23]\r\n"
         "Received: from laptop.home (192.168.1.23) by relay;\r\n Mon, 1 Jan 2024 00:00:00 +0200\r\n"
+        # A "pass" planted in our name is removed (RFC 8601 5); another service's is kept.
+        f"Authentication-Results: {sub.domain.upper()}; x-onion-auth=pass smtp.mailfrom={make_onion()}\r\n"
+        "Authentication-Results: other.example; spf=pass\r\n"
     )
     c = sub.client()
     c.sendmail(sub.addr("alice"), [sub.addr("bob")], msg(sub, sub.addr("alice"), sub.addr("bob"), "hygiene", extra))
@@ -221,6 +224,7 @@ def test_local_delivery_with_header_hygiene(sub):
     assert b"laptop" not in raw and b"Thunderbird" not in raw
     assert not contains_hostname(raw.decode(errors="replace")), raw
     assert m["From"] == f"<{sub.addr('alice')}>"
+    assert parsed.get_all("Authentication-Results") == ["other.example; spf=pass"]
 
 
 def test_missing_date_is_added_in_utc(sub):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Server, binary_path
+from conftest import Server, binary_path, make_onion
 
 TOR_TIMEOUT = 90  # seconds for one delivery across the private network (retries included)
 
@@ -140,11 +140,16 @@ def test_mail_from_a_to_b_and_a_reply(pair):
     assert f"from {a.domain} by {b.domain} with ESMTP id" in received[0]
     assert not re.search(r"\b\d{1,3}(\.\d{1,3}){3}\b", "\n".join(received))
     assert all(r.rstrip().endswith("+0000") for r in received)
+    # A signed with its arti identity key (XONIONAUTH), and B checked it.
+    assert m.get_all("Authentication-Results") == [
+        f"{b.domain}; x-onion-auth=pass smtp.mailfrom={a.domain}"]
 
     submit(b, f"bob@{b.domain}", f"alice@{a.domain}", "re: over tor", "Got it.\n")
     reply = find(a, "alice", "re: over tor")
     assert reply["Return-Path"] == f"<bob@{b.domain}>"
     assert "Got it." in reply.get_payload()
+    assert reply.get_all("Authentication-Results") == [
+        f"{a.domain}; x-onion-auth=pass smtp.mailfrom={b.domain}"]
 
 
 def test_classic_client_through_c_tor_reaches_the_onion_service(pair, tornet):
@@ -157,7 +162,8 @@ def test_classic_client_through_c_tor_reaches_the_onion_service(pair, tornet):
     # private UTS namespace the host name is "localhost", which torsocks answers itself.
     cmd = ["unshare", "--uts", "sh", "-c", 'hostname localhost && exec "$@"', "sh",
            "torsocks", "-P", socks_port, "swaks", "--server", a.domain, "--port", "25",
-           "--from", f"carol@{b.domain}", "--to", f"alice@{a.domain}",
+           # A sender at an onion that does not sign (B signs: A would refuse it unsigned).
+           "--from", f"carol@{make_onion()}", "--to", f"alice@{a.domain}",
            "--header", "Subject: via torsocks", "--body", "Classic tools still work.",
            "--timeout", "60"]
     last = None

@@ -3,11 +3,13 @@
 //! per-recipient results and reschedules, expires and bounces what is left.
 #![doc = include_str!("../README.md")]
 
+mod client_auth;
 mod local;
 mod remote;
 mod scheduler;
 mod sink;
 
+pub use client_auth::ClientAuth;
 pub use local::{deliver_to_maildir, MaildirSink};
 pub use remote::{
     BoxedStream, ConnectError, ConnectFuture, Connector, PeerStream, RemoteDelivery, IDLE_TTL,

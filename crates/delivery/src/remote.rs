@@ -6,6 +6,11 @@
 //! DATA when the peer offers PIPELINING (RFC 2920), and keeps an idle session to a
 //! destination for [`IDLE_TTL`] to reuse it (RSET between messages) instead of building a
 //! new circuit and session for the next message.
+//!
+//! When the peer offers XONIONAUTH and the connection authenticates the peer (always over
+//! Tor; over a static route as the connector says), the session authenticates as the
+//! sender's onion before its first MAIL ([`ClientAuth`]); sessions are cached per
+//! (destination, signing onion).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -18,6 +23,7 @@ use smtp_proto::{EhloResponse, Response};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::debug;
 
+use crate::client_auth::{command_for, ClientAuth};
 use crate::sink::{Content, Job, Outcome, Reply, Sink, SinkFuture};
 use crate::Route;
 
@@ -47,7 +53,18 @@ pub type ConnectFuture<'a> =
 pub trait Connector: Send + Sync + 'static {
     /// A stream to the SMTP server of `domain` (a lower-case `<name>.onion`).
     fn connect<'a>(&'a self, domain: &'a str) -> ConnectFuture<'a>;
+
+    /// True if a stream to `domain` reaches only the real server of `domain`, so that our
+    /// XONIONAUTH signature cannot be used by anyone else (docs/sender-auth.md 10): true
+    /// for onion streams; a static route decides by its `route_auth` rule.
+    fn authenticates_server(&self, domain: &str) -> bool {
+        let _ = domain;
+        true
+    }
 }
+
+/// The longest EHLO reply we read.
+const MAX_EHLO_REPLY: usize = 64 * 1024;
 
 /// How long an idle session to a destination is kept for the next message.
 pub const IDLE_TTL: Duration = Duration::from_secs(60);
@@ -68,8 +85,10 @@ pub struct RemoteDelivery {
     connector: Arc<dyn Connector>,
     helo: String,
     timeout: Duration,
-    idle: Mutex<HashMap<String, Vec<Session>>>,
+    /// Idle sessions by (destination, signing onion or empty).
+    idle: Mutex<HashMap<(String, String), Vec<Session>>>,
     connections: std::sync::atomic::AtomicU64,
+    auth: Option<Arc<ClientAuth>>,
 }
 
 /// The outcome of a peer's reply at `stage`, with its text kept for the sender.
@@ -192,7 +211,14 @@ impl RemoteDelivery {
             timeout,
             idle: Mutex::new(HashMap::new()),
             connections: std::sync::atomic::AtomicU64::new(0),
+            auth: None,
         }
+    }
+
+    /// Authenticates with these keys (XONIONAUTH) wherever the peer offers it.
+    pub fn with_auth(mut self, auth: Option<Arc<ClientAuth>>) -> RemoteDelivery {
+        self.auth = auth;
+        self
     }
 
     /// How many connections were opened so far (for tests and `status`).
@@ -200,12 +226,13 @@ impl RemoteDelivery {
         self.connections.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// An idle session to `domain` that still answers RSET, if any.
-    async fn reuse(&self, domain: &str) -> Option<Session> {
+    /// An idle session under `key` that still answers RSET, if any.
+    async fn reuse(&self, key: &(String, String)) -> Option<Session> {
+        let domain = key.0.as_str();
         loop {
             let candidate = {
                 let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-                idle.get_mut(domain).and_then(Vec::pop)
+                idle.get_mut(key).and_then(Vec::pop)
             }?;
             if candidate.idle_since.elapsed() >= IDLE_TTL {
                 continue; // dropped: the peer sees the stream close
@@ -223,8 +250,13 @@ impl RemoteDelivery {
         }
     }
 
-    /// A fresh session: connect, greeting, EHLO.
-    async fn open(&self, domain: &str) -> Result<Session, Outcome> {
+    /// A fresh session: connect, greeting, EHLO, and XONIONAUTH with `signer` when the
+    /// peer offers it and the connection authenticates the peer.
+    async fn open(
+        &self,
+        domain: &str,
+        signer: Option<&smtorp_onionauth::Signer>,
+    ) -> Result<Session, Outcome> {
         let stream = match self.connector.connect(domain).await {
             Ok(s) => s,
             // X.4.1: no answer from host; the scheduler holds the destination's mail.
@@ -250,14 +282,36 @@ impl RemoteDelivery {
         if greeting.code != 220 {
             return Err(outcome_of(domain, "the connection", &greeting));
         }
-        match client.ehlo(&self.helo).await {
-            Ok(ehlo) => Ok(Session {
-                client,
-                ehlo,
-                idle_since: Instant::now(),
-            }),
-            Err(e) => Err(failed(domain, "EHLO", &e)),
+        let (ehlo, raw) =
+            match tokio::time::timeout(self.timeout, ehlo(&mut client, &self.helo)).await {
+                Ok(Ok(reply)) => reply,
+                Ok(Err(e)) => return Err(failed(domain, "EHLO", &e)),
+                Err(_) => return Err(failed(domain, "EHLO", &mail_send::Error::Timeout)),
+            };
+        let command = signer
+            .filter(|_| self.connector.authenticates_server(domain))
+            .and_then(|signer| command_for(signer, domain, &raw));
+        if let Some(command) = command {
+            let reply = match client.cmd(command.as_bytes()).await {
+                Ok(reply) => reply,
+                Err(e) => return Err(failed(domain, "XONIONAUTH", &e)),
+            };
+            if reply.code != 235 {
+                // Our key, their verdict: never a reason to bounce, and worth a look.
+                tracing::warn!(domain, code = reply.code, reply = %reply.message, "XONIONAUTH refused");
+                let text = format!(
+                    "{domain} answered XONIONAUTH: {} {}",
+                    reply.code, reply.message
+                );
+                return Err(Outcome::temporary([4, 7, 0], text));
+            }
+            debug!(domain, "authenticated with XONIONAUTH");
         }
+        Ok(Session {
+            client,
+            ehlo,
+            idle_since: Instant::now(),
+        })
     }
 
     /// Says QUIT to idle sessions older than [`IDLE_TTL`] and drops them.
@@ -290,9 +344,14 @@ impl RemoteDelivery {
         content: &Content,
     ) -> Vec<Outcome> {
         let all = |o: Outcome| vec![o; recipients.len()];
-        let mut session = match self.reuse(domain).await {
+        let signer = self.auth.as_ref().and_then(|a| a.signer_for(sender));
+        let key = (
+            domain.to_owned(),
+            signer.map(|s| s.onion().to_string()).unwrap_or_default(),
+        );
+        let mut session = match self.reuse(&key).await {
             Some(s) => s,
-            None => match self.open(domain).await {
+            None => match self.open(domain, signer).await {
                 Ok(s) => s,
                 Err(o) => return all(o),
             },
@@ -308,7 +367,7 @@ impl RemoteDelivery {
         self.idle
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .entry(domain.to_owned())
+            .entry(key)
             .or_default()
             .push(session);
         outcomes
@@ -467,6 +526,54 @@ impl RemoteDelivery {
         }
         Ok(outcomes)
     }
+}
+
+/// EHLO, keeping the raw reply: mail-send's parser drops extensions it does not know, such
+/// as XONIONAUTH. A reply other than 250 is an `UnexpectedReply`.
+async fn ehlo(
+    client: &mut SmtpClient<BoxedStream>,
+    helo: &str,
+) -> mail_send::Result<(EhloResponse<String>, String)> {
+    client
+        .stream
+        .write_all(format!("EHLO {helo}\r\n").as_bytes())
+        .await?;
+    client.stream.flush().await?;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = client.stream.read(&mut buf).await?;
+        if n == 0 || raw.len() + n > MAX_EHLO_REPLY {
+            return Err(mail_send::Error::UnparseableReply);
+        }
+        raw.extend_from_slice(&buf[..n]);
+        if reply_complete(&raw) {
+            break;
+        }
+    }
+    if raw.starts_with(b"250") {
+        let ehlo =
+            EhloResponse::parse(&mut raw.iter()).map_err(|_| mail_send::Error::UnparseableReply)?;
+        Ok((ehlo, String::from_utf8_lossy(&raw).into_owned()))
+    } else {
+        let reply = smtp_proto::response::parser::ResponseReceiver::default()
+            .parse(&mut raw.iter())
+            .map_err(|_| mail_send::Error::UnparseableReply)?;
+        Err(mail_send::Error::UnexpectedReply(reply))
+    }
+}
+
+/// True when `raw` ends with the last line of a reply (`NNN ` or `NNN` then CRLF).
+fn reply_complete(raw: &[u8]) -> bool {
+    if !raw.ends_with(b"\n") {
+        return false;
+    }
+    let body = &raw[..raw.len() - 1];
+    let start = body.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let line = &raw[start..];
+    line.len() >= 4
+        && line[..3].iter().all(u8::is_ascii_digit)
+        && matches!(line[3], b' ' | b'\r' | b'\n')
 }
 
 impl Sink for RemoteDelivery {

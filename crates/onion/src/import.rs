@@ -9,11 +9,10 @@
 use std::path::Path;
 
 use tor_hscrypto::pk::HsIdKeypair;
-use tor_hsservice::{HsIdKeypairSpecifier, HsNickname};
-use tor_keymgr::{ArtiNativeKeystore, KeyMgrBuilder, KeystoreSelector};
+use tor_keymgr::KeystoreSelector;
 use tor_llcrypto::pk::ed25519::ExpandedKeypair;
 
-use crate::config::{client_config, OnionSettings};
+use crate::config::OnionSettings;
 use crate::transport::{onion_address, OnionError};
 
 /// The header of C tor's `hs_ed25519_secret_key`.
@@ -48,19 +47,7 @@ fn read_ctor_key(path: &Path) -> Result<ExpandedKeypair, OnionError> {
 /// address. Fails if we already have an identity (move `<state_dir>/keystore` aside first).
 pub fn import_ctor_key(settings: &OnionSettings, path: &Path) -> Result<String, OnionError> {
     let keypair = read_ctor_key(path)?;
-    let config = client_config(settings)?;
-    let store = ArtiNativeKeystore::from_path_and_mistrust(
-        settings.state_dir.join("keystore"),
-        config.fs_mistrust(),
-    )
-    .map_err(|e| import_error(format!("keystore: {e}")))?;
-    let keymgr = KeyMgrBuilder::default()
-        .primary_store(Box::new(store))
-        .build()
-        .map_err(|e| import_error(format!("keystore: {e}")))?;
-    let nickname = HsNickname::new(settings.nickname.clone())
-        .map_err(|e| import_error(format!("onion service nickname: {e}")))?;
-    let spec = HsIdKeypairSpecifier::new(nickname);
+    let (keymgr, spec) = crate::identity::keystore(settings)?;
     let existing = keymgr
         .get::<HsIdKeypair>(&spec)
         .map_err(|e| import_error(format!("keystore: {e}")))?;

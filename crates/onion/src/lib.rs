@@ -4,10 +4,12 @@
 
 mod attempt;
 mod config;
+mod identity;
 mod import;
 mod transport;
 
 pub use config::{client_config, OnionSettings};
+pub use identity::identity_secret;
 pub use import::import_ctor_key;
 pub use transport::{
     onion_address, InboundStreams, OnionError, OnionTransport, ServiceStatus, FRESH_ATTEMPT_AFTER,

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use smtorp_delivery::{
-    BounceFuture, Bouncer, FailureReport, MaildirSink, Parts, RemoteDelivery, Scheduler,
-    SchedulerConfig, SystemClock,
+    BounceFuture, Bouncer, ClientAuth, FailureReport, MaildirSink, Parts, RemoteDelivery,
+    Scheduler, SchedulerConfig, SystemClock,
 };
 use smtorp_queue::{Origin, Queue};
 use smtorp_smtp::{SessionKind, Slots};
@@ -18,6 +18,7 @@ use tracing::{error, info, warn};
 use crate::admin::control;
 use crate::admin::Admin;
 use crate::config::layout;
+use crate::config::SenderAuth;
 use crate::config::Settings;
 use crate::intake::bounce::DsnBouncer;
 use crate::intake::space::DiskSpace;
@@ -27,7 +28,7 @@ use crate::listen::{serve_tcp, Guarded, SessionFactory};
 use crate::local::{maildrop, socket};
 use crate::onion;
 use crate::onion::connector::OutboundConnector;
-use crate::policy::{Directory, OnionSidePolicy};
+use crate::policy::{Directory, KnownPeers, OnionSidePolicy, SenderRules};
 
 /// How long a peer may take to answer one SMTP command (RFC 5321 4.5.3.2 suggests 5 min).
 const REMOTE_COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
@@ -71,6 +72,25 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     };
     let directory = Arc::new(Directory::new(settings.clone(), onion.as_deref()));
     info!(domain = %directory.primary_domain(), queued = queue.len(), "smtorp starting");
+    let sender_auth = settings.config.smtp.sender_auth;
+    if sender_auth != SenderAuth::Off && directory.onion_domains().is_empty() {
+        let text = "sender authentication needs our onion address: turn on [onion] enabled, \
+                    or put the onion address of the C tor service in [local] domains";
+        if sender_auth == SenderAuth::Require {
+            anyhow::bail!("[smtp] sender_auth = \"require\": {text}");
+        }
+        warn!("XONIONAUTH not offered: {text}");
+    }
+    let peers = Arc::new(KnownPeers::load(
+        &settings.peers_key(),
+        queue.clone(),
+        crate::intake::headers::unix_now(),
+    )?);
+    let senders = Arc::new(SenderRules::new(
+        sender_auth,
+        directory.clone(),
+        Some(peers.clone()),
+    ));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let transport = Arc::new(OnceCell::new());
@@ -79,12 +99,20 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
         onion: transport.clone(),
         onion_enabled,
         connect_timeout: Duration::from_secs(30),
+        route_auth: settings.config.delivery.route_auth,
     };
-    let remote = Arc::new(RemoteDelivery::new(
-        Arc::new(connector),
-        directory.primary_domain().to_owned(),
-        REMOTE_COMMAND_TIMEOUT,
-    ));
+    let client_auth = match sender_auth {
+        SenderAuth::Off => None,
+        _ => ClientAuth::new(onion::signers(&settings)?).map(Arc::new),
+    };
+    let remote = Arc::new(
+        RemoteDelivery::new(
+            Arc::new(connector),
+            directory.primary_domain().to_owned(),
+            REMOTE_COMMAND_TIMEOUT,
+        )
+        .with_auth(client_auth),
+    );
     // The bouncer queues through the intake, and the intake wakes the scheduler: the
     // bouncer is set once both exist.
     let bouncer_cell: Arc<OnceCell<Arc<DsnBouncer>>> = Arc::new(OnceCell::new());
@@ -112,6 +140,7 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
         directory.clone(),
         Arc::new(handle.clone()),
         DiskSpace::new(&settings.queue_dir(), settings.config.smtp.min_free_space),
+        senders.clone(),
     ));
     let bouncer = Arc::new(DsnBouncer {
         intake: intake.clone(),
@@ -128,6 +157,7 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
         service: onion_enabled.then(|| service_status.clone()),
         address: onion.clone(),
         started: Some(std::time::Instant::now()),
+        peers,
     });
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(scheduler.run(stop_rx.clone()));
@@ -147,13 +177,12 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
         });
     }
     let factory = Arc::new(SessionFactory {
-        config: crate::listen::session_config(
-            &settings,
-            directory.primary_domain(),
-            SessionKind::OnionSide,
-        ),
+        config: crate::listen::session_config(&settings, &directory, SessionKind::OnionSide),
         policy: Guarded {
-            rules: OnionSidePolicy(directory.clone()),
+            rules: OnionSidePolicy {
+                directory: directory.clone(),
+                senders,
+            },
             space: intake.space().clone(),
         },
         shared: Arc::new(Shared {

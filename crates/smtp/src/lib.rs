@@ -14,7 +14,10 @@ mod test_support;
 
 pub use address::{Address, AddressError};
 pub use server::{serve, serve_submission, Handler, MaybeTls};
-pub use session::{Credentials, Policy, Session, SessionConfig, SessionKind, Step, Transaction};
+pub use session::{
+    AuthResult, Credentials, Onion, Policy, SenderAuthMode, SenderContext, Session, SessionConfig,
+    SessionKind, Step, Transaction,
+};
 pub use slots::{Slot, Slots};
 /// The reply type ([`smtorp_reply::Reply`]), shared with the queue and delivery.
 pub use smtorp_reply as reply;

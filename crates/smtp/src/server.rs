@@ -604,6 +604,7 @@ mod tests {
                     sender: "carol@example.org".into(),
                     recipients: vec![format!("alice@{}", *DOMAIN)],
                     auth_user: None,
+                    onion_auth: crate::AuthResult::None,
                 },
                 b"Subject: test\r\n\r\n.dot\r\n".to_vec()
             )]

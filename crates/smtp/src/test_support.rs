@@ -6,7 +6,7 @@ use std::sync::LazyLock;
 
 use crate::address::{onion_v3_from_key, Address};
 use crate::reply::Reply;
-use crate::session::{Policy, Session, SessionConfig, Step, Transaction};
+use crate::session::{Policy, SenderContext, Session, SessionConfig, Step, Transaction};
 
 /// Our onion domain in tests (built from a fixed key, so it has a valid checksum).
 pub static DOMAIN: LazyLock<String> = LazyLock::new(|| onion_v3_from_key(&[7u8; 32]));
@@ -19,7 +19,12 @@ pub static OTHER: LazyLock<String> = LazyLock::new(|| onion_v3_from_key(&[9u8; 3
 pub struct TestPolicy;
 
 impl Policy for TestPolicy {
-    fn check_sender(&self, sender: Option<&Address>, auth_user: Option<&str>) -> Result<(), Reply> {
+    fn check_sender(
+        &self,
+        sender: Option<&Address>,
+        context: &SenderContext<'_>,
+    ) -> Result<(), Reply> {
+        let auth_user = context.auth_user;
         match sender {
             Some(a) if a.local_part == "spammer" => {
                 Err(Reply::new(550, [5, 7, 1], "Sender rejected"))

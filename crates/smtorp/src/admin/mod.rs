@@ -19,6 +19,7 @@ use tracing::info;
 
 use crate::intake::bounce::DsnBouncer;
 use crate::intake::headers::{split_header, unix_now};
+use crate::policy::KnownPeers;
 
 /// A request (the JSON line sent over the control socket).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -45,6 +46,12 @@ pub(crate) enum Request {
     },
     /// Daemon, onion and queue state.
     Status,
+    /// Forget that a peer authenticated its mail (XONIONAUTH), so that its unauthenticated
+    /// mail is accepted again (e.g. after it lost its key or stopped signing).
+    ForgetPeer {
+        /// The peer's onion address.
+        onion: String,
+    },
 }
 
 /// A successful answer.
@@ -64,6 +71,8 @@ pub(crate) enum Answer {
     Count(usize),
     /// For `Status`.
     Status(StatusReport),
+    /// For `ForgetPeer`: whether the peer was known.
+    Forgotten(bool),
 }
 
 /// What `smtorp status` shows.
@@ -96,6 +105,9 @@ pub(crate) struct StatusReport {
     /// False while the queue's store does not answer (a full disk, a hung device).
     #[serde(default = "yes")]
     pub(crate) queue_available: bool,
+    /// Peers known to authenticate their mail (XONIONAUTH).
+    #[serde(default)]
+    pub(crate) known_peers: usize,
 }
 
 fn yes() -> bool {
@@ -120,6 +132,8 @@ pub(crate) struct Admin {
     pub(crate) address: Option<String>,
     /// When the daemon started (daemon only).
     pub(crate) started: Option<Instant>,
+    /// The peers known to authenticate their mail.
+    pub(crate) peers: Arc<KnownPeers>,
 }
 
 fn parse_id(text: &str) -> Result<QueueId, String> {
@@ -226,6 +240,13 @@ impl Admin {
                 Ok(Answer::Count(usize::from(removed)))
             }
             Request::Status => Ok(Answer::Status(self.status().await)),
+            Request::ForgetPeer { onion } => {
+                let onion = onion.trim().trim_end_matches('.').to_ascii_lowercase();
+                smtorp_smtp::Onion::parse(&onion).map_err(|e| format!("{onion}: {e}"))?;
+                let known = self.peers.forget(&onion).await.map_err(|e| e.to_string())?;
+                info!(known, "peer forgotten");
+                Ok(Answer::Forgotten(known))
+            }
         }
     }
 
@@ -269,6 +290,7 @@ impl Admin {
             failed_since_start: count(|s| &s.failed),
             connections_since_start: self.remote.as_ref().map(|r| r.connections_opened()),
             queue_available,
+            known_peers: self.peers.count(),
         }
     }
 }

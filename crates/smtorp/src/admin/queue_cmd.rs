@@ -16,7 +16,7 @@ use crate::daemon;
 use crate::intake::bounce::DsnBouncer;
 use crate::intake::headers::unix_now;
 use crate::intake::Intake;
-use crate::policy::Directory;
+use crate::policy::{Directory, KnownPeers, SenderRules};
 
 /// Runs `request` on the daemon, or on the store when no daemon answers.
 pub(crate) fn run(settings: &Arc<Settings>, request: Request) -> anyhow::Result<Answer> {
@@ -26,11 +26,22 @@ pub(crate) fn run(settings: &Arc<Settings>, request: Request) -> anyhow::Result<
     let queue = Arc::new(daemon::open_queue(settings)?);
     let address = layout::onion_address(settings);
     let directory = Arc::new(Directory::new(settings.clone(), address.as_deref()));
+    let peers = Arc::new(KnownPeers::load(
+        &settings.peers_key(),
+        queue.clone(),
+        unix_now(),
+    )?);
+    let senders = Arc::new(SenderRules::new(
+        settings.config.smtp.sender_auth,
+        directory.clone(),
+        Some(peers.clone()),
+    ));
     let intake = Arc::new(Intake::new(
         queue.clone(),
         directory.clone(),
         Arc::new(tokio::sync::Notify::new()),
         crate::intake::space::DiskSpace::new(&settings.queue_dir(), 0),
+        senders,
     ));
     let admin = Admin {
         queue,
@@ -44,6 +55,7 @@ pub(crate) fn run(settings: &Arc<Settings>, request: Request) -> anyhow::Result<
         service: None,
         address,
         started: None,
+        peers,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -154,6 +166,8 @@ pub(crate) fn print(answer: Answer) -> anyhow::Result<()> {
         }
         Answer::Count(n) => say!("{n} message(s)"),
         Answer::Status(s) => print_status(&s),
+        Answer::Forgotten(true) => say!("forgotten: its unauthenticated mail is accepted again"),
+        Answer::Forgotten(false) => say!("not a known peer: nothing to forget"),
     }
     Ok(())
 }
@@ -192,6 +206,10 @@ fn print_status(s: &StatusReport) {
     if let Some(c) = s.connections_since_start {
         say!("outbound:         {c} connections opened since start");
     }
+    say!(
+        "known peers:      {} (authenticate their mail)",
+        s.known_peers
+    );
 }
 
 /// Checks a queue id argument early, with a clear message.

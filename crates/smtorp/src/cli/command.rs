@@ -78,6 +78,22 @@ enum Command {
         #[command(subcommand)]
         command: QueueCommand,
     },
+    /// The peers known to authenticate their mail (XONIONAUTH): their unauthenticated mail
+    /// is refused (works with the daemon running or stopped).
+    Peers {
+        #[command(subcommand)]
+        command: PeersCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PeersCommand {
+    /// Forget a peer, so that its unauthenticated mail is accepted again (e.g. after it
+    /// moved behind a server that does not sign).
+    Forget {
+        /// The peer's onion address.
+        onion: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -254,6 +270,12 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 }
             };
             queue_cmd::print(queue_cmd::run(&settings, request)?)
+        }
+        Command::Peers {
+            command: PeersCommand::Forget { onion },
+        } => {
+            let settings = Arc::new(load(cli.config.as_deref())?);
+            queue_cmd::print(queue_cmd::run(&settings, Request::ForgetPeer { onion })?)
         }
         Command::Status => {
             let settings = Arc::new(load(cli.config.as_deref())?);

@@ -189,14 +189,18 @@ fn send(from: &Server, to: &Server, subject: &str, body: &str) -> anyhow::Result
     Ok(())
 }
 
-fn show_message(path: &Path) {
+/// Shows the interesting header fields of a delivered message, then what the receiver
+/// found when it checked the sender's onion key signature (XONIONAUTH).
+fn show_message(started: Instant, path: &Path, receiver: &str, sender: &str) {
     say!("           file: {}", path.display());
     let text = fs::read_to_string(path).unwrap_or_default();
-    for line in text.lines().take_while(|l| !l.is_empty()) {
+    let header: Vec<&str> = text.lines().take_while(|l| !l.is_empty()).collect();
+    for line in &header {
         let keep = [
             "Return-Path:",
             "Delivered-To:",
             "Received:",
+            "Authentication-Results:",
             "From:",
             "To:",
             "Subject:",
@@ -207,6 +211,19 @@ fn show_message(path: &Path) {
             say!("           | {line}");
         }
     }
+    let result = header
+        .iter()
+        .find_map(|l| l.strip_prefix("Authentication-Results:"))
+        .and_then(|v| v.split("x-onion-auth=").nth(1))
+        .map(|r| r.split_whitespace().next().unwrap_or_default().to_owned());
+    let text = match result.as_deref() {
+        Some("pass") => format!(
+            "sender authentication: pass ({receiver} checked {sender}'s signature with the key in {sender}'s onion address)"
+        ),
+        Some(other) => format!("sender authentication: {other} (expected pass: see docs/sender-auth.md)"),
+        None => "sender authentication: no result in the header (expected pass)".to_owned(),
+    };
+    step(started, &text);
 }
 
 /// Runs the demo in `keep` (left in place) or a temporary folder (removed).
@@ -296,7 +313,7 @@ pub(crate) async fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
     );
     let file = wait_for_file(&b.maildir_new(), Duration::from_secs(60))?;
     step(started, &format!("delivered to bob's Maildir on B in {:.1} s (A's queue -> arti -> B's onion service -> B's queue -> Maildir)", sent.elapsed().as_secs_f64()));
-    show_message(&file);
+    show_message(started, &file, "B", "A");
 
     let sent = Instant::now();
     send(
@@ -314,7 +331,7 @@ pub(crate) async fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
             sent.elapsed().as_secs_f64()
         ),
     );
-    show_message(&file);
+    show_message(started, &file, "A", "B");
 
     let sent = Instant::now();
     send(a, b, "Second message", "Circuits are warm now.")?;
@@ -326,7 +343,7 @@ pub(crate) async fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
             sent.elapsed().as_secs_f64()
         ),
     );
-    show_message(&second);
+    show_message(started, &second, "B", "A");
 
     for server in &mut servers {
         server.stop();

@@ -65,6 +65,9 @@ pub(crate) struct OnionConfig {
     /// Longest wait for an outbound connection to another onion service.
     #[serde(with = "humantime_serde")]
     pub(crate) connect_timeout: Duration,
+    /// A C tor `hs_ed25519_secret_key` (or the imported key) to sign our mail with when the
+    /// onion service is run by C tor (`enabled = false`); empty: none.
+    pub(crate) key_file: String,
 }
 
 impl Default for OnionConfig {
@@ -73,6 +76,7 @@ impl Default for OnionConfig {
             enabled: true,
             arti_config: String::new(),
             connect_timeout: Duration::from_secs(120),
+            key_file: String::new(),
         }
     }
 }
@@ -107,6 +111,33 @@ pub(crate) struct SmtpConfig {
     pub(crate) min_data_rate: u64,
     /// Free space (bytes) the queue's disk keeps: below it (plus SIZE=), new mail gets 452.
     pub(crate) min_free_space: u64,
+    /// XONIONAUTH sender authentication on the onion side (docs/sender-auth.md).
+    pub(crate) sender_auth: SenderAuth,
+}
+
+/// `[smtp] sender_auth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum SenderAuth {
+    /// Not offered, nothing checked, no header.
+    Off,
+    /// Offered and checked; forgeries of our domains and of known peers refused.
+    Verify,
+    /// Every transaction must come from an authenticated session.
+    Require,
+}
+
+/// `[delivery] route_auth`: when our client authenticates over a static route (plain TCP
+/// authenticates no server, so a route can be a signing oracle: docs/sender-auth.md 10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum RouteAuth {
+    /// Only to a loopback address on a privileged port (where only root can listen).
+    Privileged,
+    /// Over every route.
+    Always,
+    /// Never over a route.
+    Never,
 }
 
 impl Default for SmtpConfig {
@@ -123,6 +154,7 @@ impl Default for SmtpConfig {
             stress_data_timeout: Duration::from_secs(30),
             min_data_rate: 1024,
             min_free_space: 64 * 1024 * 1024,
+            sender_auth: SenderAuth::Verify,
         }
     }
 }
@@ -191,6 +223,8 @@ pub(crate) struct DeliveryConfig {
     pub(crate) max_lifetime: Duration,
     /// Deliveries at once.
     pub(crate) concurrency: usize,
+    /// When to authenticate (XONIONAUTH) over a static route.
+    pub(crate) route_auth: RouteAuth,
 }
 
 impl Default for DeliveryConfig {
@@ -203,6 +237,7 @@ impl Default for DeliveryConfig {
                 .collect(),
             max_lifetime: Duration::from_secs(5 * 86400),
             concurrency: 8,
+            route_auth: RouteAuth::Privileged,
         }
     }
 }
@@ -293,6 +328,11 @@ impl Settings {
     /// arti's cache (Tor directory documents): may be deleted.
     pub(crate) fn arti_cache_dir(&self) -> PathBuf {
         self.config.data_dir.join("arti").join("cache")
+    }
+
+    /// The secret key of the known peers' hashes (docs/sender-auth.md).
+    pub(crate) fn peers_key(&self) -> PathBuf {
+        self.config.data_dir.join("peers.key")
     }
 
     /// The daemon's control socket.

@@ -113,6 +113,7 @@ impl DsnBouncer {
             recipients: vec![report.envelope.sender.clone()],
             helo: None,
             origin: Origin::Bounce,
+            onion_auth: None,
         };
         match self.intake.enqueue(arrival, &dsn).await {
             Ok(id) => {

@@ -207,6 +207,39 @@ pub(crate) fn without_fields(message: &[u8], names: &[&str]) -> Vec<u8> {
     out
 }
 
+/// The header fields without any `Authentication-Results` field that speaks for us: one
+/// whose authentication service (the text before its first `;`) names one of `ours` (lower
+/// case). RFC 8601 5: a receiver removes such fields before adding its own, so that no peer
+/// or local user can plant a "pass" in our name.
+pub(crate) fn without_our_auth_results<'a>(
+    header: &'a [u8],
+    ours: &[String],
+) -> std::borrow::Cow<'a, [u8]> {
+    let claims_ours = |raw: &[u8]| {
+        let text = String::from_utf8_lossy(raw).to_ascii_lowercase();
+        let value = text.split_once(':').map(|(_, v)| v).unwrap_or_default();
+        let service = value.split(';').next().unwrap_or_default();
+        ours.iter().any(|d| service.contains(d.as_str()))
+    };
+    let all = fields(header);
+    if !all
+        .iter()
+        .any(|(name, raw)| name == "authentication-results" && claims_ours(raw))
+    {
+        return std::borrow::Cow::Borrowed(header);
+    }
+    let mut out = Vec::with_capacity(header.len());
+    let mut covered = 0;
+    for (name, raw) in &all {
+        covered += raw.len();
+        if !(name == "authentication-results" && claims_ours(raw)) {
+            out.extend_from_slice(raw);
+        }
+    }
+    out.extend_from_slice(&header[covered.min(header.len())..]);
+    std::borrow::Cow::Owned(out)
+}
+
 /// Converts every line end to CRLF (bare LF becomes CRLF, a lone CR becomes CRLF) — for
 /// messages from local programs, which write LF. (One of three line-ending converters, each
 /// at its own edge: this one for local input, held whole by `sendmail`; the outbound DATA
@@ -237,6 +270,25 @@ pub(crate) fn to_crlf(message: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn our_authentication_results_are_removed() {
+        let ours = vec!["b.onion".to_owned(), "mail.test".to_owned()];
+        let header =
+            b"Authentication-Results: B.onion; x-onion-auth=pass smtp.mailfrom=a.onion\r\n\
+Subject: x\r\nAuthentication-Results:\r\n (c) mail.test;\r\n x-onion-auth=pass\r\n\
+Authentication-Results: other.example; spf=pass\r\nauthentication-results : b.onion\r\n";
+        let kept = without_our_auth_results(header, &ours);
+        assert_eq!(
+            String::from_utf8_lossy(&kept),
+            "Subject: x\r\nAuthentication-Results: other.example; spf=pass\r\n"
+        );
+        let clean = b"Subject: y\r\n";
+        assert!(matches!(
+            without_our_auth_results(clean, &ours),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
 
     #[test]
     fn dates_are_utc() {

@@ -6,8 +6,10 @@
 //! group commit; only then may the caller say 250. Then it wakes the delivery scheduler.
 //!
 //! What the header gains or loses, by origin: every message gets our Received header
-//! first; submitted mail (submission port, `sendmail`) also gets the privacy hygiene of
-//! [`privacy`].
+//! first and loses any `Authentication-Results` field in our name; mail from the onion side
+//! gets our `Authentication-Results` (its XONIONAUTH result) and its `From` checked
+//! against it ([`SenderRules`]); submitted mail (submission port, `sendmail`) also gets
+//! the privacy hygiene of [`privacy`].
 
 pub(crate) mod bounce;
 pub(crate) mod headers;
@@ -17,13 +19,13 @@ pub(crate) mod space;
 use std::sync::Arc;
 
 use smtorp_queue::{NewEnvelope, Origin, Queue, QueueError, QueueId, Spool};
-use smtorp_smtp::{Address, Reply};
+use smtorp_smtp::{Address, AuthResult, Reply};
 use tracing::{debug, info, warn};
 
 use self::headers::Via;
 use self::space::DiskSpace;
 use crate::config::PrivacyConfig;
-use crate::policy::{self, Directory, Side};
+use crate::policy::{self, Directory, SenderRules, Side};
 
 /// The longest header section we hold to rewrite it. Longer: refused (552 5.3.4).
 pub(crate) const MAX_HEADER: usize = 256 * 1024;
@@ -96,6 +98,8 @@ pub(crate) struct Arrival {
     pub(crate) helo: Option<String>,
     /// How it came.
     pub(crate) origin: Origin,
+    /// The transaction's XONIONAUTH result (onion side, `[smtp] sender_auth` not off).
+    pub(crate) onion_auth: Option<AuthResult>,
 }
 
 /// A message being received: its spool file, and its header section until that is
@@ -122,6 +126,9 @@ pub(crate) struct Intake {
     space: DiskSpace,
     privacy: PrivacyConfig,
     max_size: u64,
+    senders: Arc<SenderRules>,
+    /// Our domains: an `Authentication-Results` field naming one is removed.
+    ours: Vec<String>,
 }
 
 impl Intake {
@@ -131,23 +138,31 @@ impl Intake {
         directory: Arc<Directory>,
         waker: Arc<dyn Wake>,
         space: DiskSpace,
+        senders: Arc<SenderRules>,
     ) -> Intake {
         let settings = directory.settings();
         let privacy = settings.config.privacy.clone();
         let max_size = settings.config.smtp.max_message_size as u64;
         Intake {
             queue,
+            ours: directory.domains(),
             directory,
             waker,
             space,
             privacy,
             max_size,
+            senders,
         }
     }
 
     /// The queue, for the token bookkeeping of once-only sources.
     pub(crate) fn queue(&self) -> &Arc<Queue> {
         &self.queue
+    }
+
+    /// The onion side's sender rules.
+    pub(crate) fn senders(&self) -> &Arc<SenderRules> {
+        &self.senders
     }
 
     /// The free-space rules.
@@ -206,7 +221,7 @@ impl Intake {
                 match headers::header_end(header, false) {
                     Some(end) => {
                         let section = incoming.header.take().unwrap_or_default();
-                        self.rewrite(&incoming.arrival, incoming.id, &section, end)
+                        self.rewrite(&incoming.arrival, incoming.id, &section, end)?
                     }
                     None if header.len() > MAX_HEADER => {
                         return Err(IntakeError::Rejected(Reply::new(
@@ -236,7 +251,7 @@ impl Intake {
                 body: section.len(),
                 blank_line: false,
             });
-            let out = self.rewrite(&incoming.arrival, incoming.id, &section, end);
+            let out = self.rewrite(&incoming.arrival, incoming.id, &section, end)?;
             write_spool(&mut incoming.spool, out).await?;
         }
         let Incoming {
@@ -265,7 +280,12 @@ impl Intake {
             return Ok(None);
         }
         self.queue.sync().await?;
-        info!(queue_id = %id, size, recipients = arrival.recipients.len(), origin = ?arrival.origin, "queued");
+        info!(queue_id = %id, size, recipients = arrival.recipients.len(), origin = ?arrival.origin, onion_auth = arrival.onion_auth.as_ref().map(AuthResult::as_str), "queued");
+        if let (Some(AuthResult::Pass(client)), Some(peers)) =
+            (&arrival.onion_auth, self.senders.peers())
+        {
+            peers.record(&client.to_string(), now).await;
+        }
         debug!(queue_id = %id, sender = %arrival.sender, recipients = ?arrival.recipients, "envelope");
         self.waker.wake();
         Ok(Some(id))
@@ -289,15 +309,17 @@ impl Intake {
         })
     }
 
-    /// The rewritten header section (our Received first; the privacy hygiene for submitted
-    /// mail) followed by what came after it in `section`.
+    /// The rewritten header section (our Received first, then our Authentication-Results
+    /// for the onion side; any in our name removed; the privacy hygiene for submitted mail)
+    /// followed by what came after it in `section`. Refused (550 5.7.1) when the onion
+    /// side's header `From` is not allowed by the session's XONIONAUTH result.
     fn rewrite(
         &self,
         arrival: &Arrival,
         id: QueueId,
         section: &[u8],
         end: headers::HeaderEnd,
-    ) -> Vec<u8> {
+    ) -> Result<Vec<u8>, IntakeError> {
         let via = match arrival.origin {
             Origin::Smtp | Origin::Submission => Via::Smtp,
             Origin::Maildrop | Origin::Bounce => Via::Local,
@@ -310,26 +332,41 @@ impl Intake {
             headers::unix_now(),
         );
         let fields = section.get(..end.fields).unwrap_or_default();
+        let fields = headers::without_our_auth_results(fields, &self.ours);
+        let auth_results = match &arrival.onion_auth {
+            Some(result) => {
+                self.senders
+                    .check_header_from(&fields, result)
+                    .map_err(IntakeError::Rejected)?;
+                format!(
+                    "Authentication-Results: {}\r\n",
+                    result.authentication_results(self.directory.primary_domain())
+                )
+            }
+            None => String::new(),
+        };
         let fields = match arrival.origin {
             Origin::Submission | Origin::Maildrop => {
                 std::borrow::Cow::Owned(privacy::clean_header(
-                    fields,
+                    &fields,
                     &arrival.sender,
                     self.directory.primary_domain(),
                     &self.privacy,
                 ))
             }
-            Origin::Smtp | Origin::Bounce => std::borrow::Cow::Borrowed(fields),
+            Origin::Smtp | Origin::Bounce => fields,
         };
         let rest = section.get(end.body..).unwrap_or_default();
-        let mut out = Vec::with_capacity(received.len() + fields.len() + rest.len() + 2);
+        let mut out =
+            Vec::with_capacity(received.len() + auth_results.len() + fields.len() + rest.len() + 2);
         out.extend_from_slice(received.as_bytes());
+        out.extend_from_slice(auth_results.as_bytes());
         out.extend_from_slice(&fields);
         if end.blank_line || !rest.is_empty() {
             out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(rest);
-        out
+        Ok(out)
     }
 
     fn validate(&self, arrival: &Arrival) -> Result<(), IntakeError> {

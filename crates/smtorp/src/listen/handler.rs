@@ -10,6 +10,7 @@ use smtorp_smtp::{Credentials, Handler, Reply, Transaction};
 use tracing::debug;
 
 use super::auth::Authenticator;
+use crate::config::SenderAuth;
 use crate::intake::{Arrival, Incoming, Intake};
 
 /// What a listener's sessions share.
@@ -46,6 +47,10 @@ impl Handler for SessionHandler {
             // Our Received names a client only on the onion side, by its EHLO name.
             helo: (self.shared.origin == Origin::Smtp).then(|| tx.helo.clone()),
             origin: self.shared.origin,
+            // Onion-side mail is marked with its XONIONAUTH result unless that is off.
+            onion_auth: (self.shared.origin == Origin::Smtp
+                && self.shared.intake.senders().mode() != SenderAuth::Off)
+                .then(|| tx.onion_auth.clone()),
         };
         self.shared
             .intake

@@ -19,7 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use smtorp_smtp::{
-    serve, serve_submission, Policy, Session, SessionConfig, SessionKind, Slot, Slots,
+    serve, serve_submission, Onion, Policy, SenderAuthMode, Session, SessionConfig, SessionKind,
+    Slot, Slots,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -29,7 +30,8 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use self::handler::{SessionHandler, Shared};
-use crate::config::Settings;
+use crate::config::{SenderAuth, Settings};
+use crate::policy::Directory;
 
 /// Everything a listener needs to run sessions.
 pub(crate) struct SessionFactory<P> {
@@ -92,9 +94,9 @@ impl<P: Policy> Policy for Guarded<P> {
     fn check_sender(
         &self,
         sender: Option<&smtorp_smtp::Address>,
-        auth_user: Option<&str>,
+        context: &smtorp_smtp::SenderContext<'_>,
     ) -> Result<(), smtorp_smtp::Reply> {
-        self.rules.check_sender(sender, auth_user)
+        self.rules.check_sender(sender, context)
     }
 
     fn check_recipient(&self, recipient: &smtorp_smtp::Address) -> Result<(), smtorp_smtp::Reply> {
@@ -181,15 +183,29 @@ pub(crate) async fn finish(mut sessions: JoinSet<()>, kind: &'static str) {
     }
 }
 
-/// The SMTP session limits of a listener of `kind`, from the configuration.
+/// The SMTP session limits of a listener of `kind`, from the configuration; on the onion
+/// side also sender authentication, with our onion domains as the servers a peer may sign
+/// for.
 pub(crate) fn session_config(
     settings: &Settings,
-    hostname: &str,
+    directory: &Directory,
     kind: SessionKind,
 ) -> SessionConfig {
     let smtp = &settings.config.smtp;
+    let sender_auth = match smtp.sender_auth {
+        SenderAuth::Off => SenderAuthMode::Off,
+        SenderAuth::Verify => SenderAuthMode::Verify,
+        SenderAuth::Require => SenderAuthMode::Require,
+    };
+    let own_onions = directory
+        .onion_domains()
+        .iter()
+        .filter_map(|d| Onion::parse(d).ok())
+        .collect();
     SessionConfig {
-        hostname: hostname.to_owned(),
+        hostname: directory.primary_domain().to_owned(),
+        sender_auth,
+        own_onions,
         max_message_size: smtp.max_message_size,
         max_recipients: smtp.max_recipients,
         max_errors: smtp.max_errors,

@@ -45,11 +45,7 @@ pub(crate) async fn spawn(
         info!(sha256 = %fp, "submission certificate");
     }
     let factory = Arc::new(SessionFactory {
-        config: session_config(
-            settings,
-            directory.primary_domain(),
-            SessionKind::Submission,
-        ),
+        config: session_config(settings, directory, SessionKind::Submission),
         policy: Guarded {
             rules: SubmissionPolicy(directory.clone()),
             space: intake.space().clone(),

@@ -183,6 +183,7 @@ pub(crate) async fn submit<R: AsyncRead + Unpin>(
         recipients: request.recipients.clone(),
         helo: None,
         origin: Origin::Maildrop,
+        onion_auth: None,
     };
     let mut incoming = intake.begin(arrival).await?;
     if !head.is_empty() {

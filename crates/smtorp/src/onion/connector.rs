@@ -11,6 +11,8 @@ use smtorp_delivery::{BoxedStream, ConnectError, ConnectFuture, Connector};
 use smtorp_onion::{OnionError, OnionTransport};
 use tokio::sync::OnceCell;
 
+use crate::config::RouteAuth;
+
 /// Static routes first, then the onion transport (once it has bootstrapped).
 pub(crate) struct OutboundConnector {
     /// `[delivery] routes`.
@@ -21,6 +23,23 @@ pub(crate) struct OutboundConnector {
     pub(crate) onion_enabled: bool,
     /// Timeout of a TCP connect over a static route.
     pub(crate) connect_timeout: Duration,
+    /// `[delivery] route_auth`: when a static route counts as reaching the real peer.
+    pub(crate) route_auth: RouteAuth,
+}
+
+/// The lowest port an unprivileged process may listen on (Linux lets the administrator
+/// lower it from 1024).
+fn unprivileged_port_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1024)
+}
+
+/// True if only root can listen on `addr`: a loopback address and a port below both 1024
+/// and `unprivileged_start`.
+pub(crate) fn is_privileged_loopback(addr: &SocketAddr, unprivileged_start: u16) -> bool {
+    addr.ip().is_loopback() && addr.port() < 1024 && addr.port() < unprivileged_start
 }
 
 fn temporary(message: String) -> ConnectError {
@@ -71,5 +90,53 @@ impl OutboundConnector {
 impl Connector for OutboundConnector {
     fn connect<'a>(&'a self, domain: &'a str) -> ConnectFuture<'a> {
         Box::pin(self.open(domain))
+    }
+
+    fn authenticates_server(&self, domain: &str) -> bool {
+        match self.routes.get(domain) {
+            // Tor authenticates the onion service at the other end.
+            None => true,
+            Some(addr) => match self.route_auth {
+                RouteAuth::Always => true,
+                RouteAuth::Never => false,
+                RouteAuth::Privileged => is_privileged_loopback(addr, unprivileged_port_start()),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn privileged_routes_are_loopback_ports_only_root_can_bind() {
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(is_privileged_loopback(&addr("127.0.0.1:25"), 1024));
+        assert!(is_privileged_loopback(&addr("127.0.0.2:587"), 1024));
+        assert!(is_privileged_loopback(&addr("[::1]:25"), 1024));
+        assert!(!is_privileged_loopback(&addr("127.0.0.1:2525"), 1024));
+        assert!(!is_privileged_loopback(&addr("192.168.1.2:25"), 1024));
+        // An administrator who lowered the bound made port 25 anyone's.
+        assert!(!is_privileged_loopback(&addr("127.0.0.1:25"), 0));
+        assert!(!is_privileged_loopback(&addr("127.0.0.1:80"), 80));
+    }
+
+    #[test]
+    fn route_auth_rules() {
+        let mut connector = OutboundConnector {
+            routes: [("a.onion".to_owned(), "127.0.0.1:2525".parse().unwrap())].into(),
+            onion: Arc::new(OnceCell::new()),
+            onion_enabled: false,
+            connect_timeout: Duration::from_secs(1),
+            route_auth: RouteAuth::Privileged,
+        };
+        assert!(connector.authenticates_server("b.onion"));
+        assert!(!connector.authenticates_server("a.onion"));
+        connector.route_auth = RouteAuth::Always;
+        assert!(connector.authenticates_server("a.onion"));
+        connector.route_auth = RouteAuth::Never;
+        assert!(!connector.authenticates_server("a.onion"));
+        assert!(connector.authenticates_server("b.onion"));
     }
 }

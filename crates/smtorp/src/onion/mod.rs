@@ -62,6 +62,39 @@ pub(crate) fn import_key(settings: &Settings, path: &std::path::Path) -> anyhow:
     ensure_address(settings)
 }
 
+/// Our XONIONAUTH signing keys (docs/sender-auth.md): arti's identity key first when the
+/// onion service is on, then `[onion] key_file` (a C tor `hs_ed25519_secret_key`) when set.
+/// The keys stay in this process; only their onions are logged.
+pub(crate) fn signers(settings: &Settings) -> anyhow::Result<Vec<smtorp_onionauth::Signer>> {
+    let mut out = Vec::new();
+    if settings.config.onion.enabled {
+        let secret = smtorp_onion::identity_secret(&onion_settings(settings))
+            .context("cannot read the onion service key for signing")?;
+        if let Some(secret) = secret {
+            out.push(
+                smtorp_onionauth::Signer::from_expanded_secret(&secret)
+                    .context("the onion service key cannot sign")?,
+            );
+        }
+    }
+    let key_file = &settings.config.onion.key_file;
+    if !key_file.is_empty() {
+        let bytes = fs::read(key_file)
+            .with_context(|| format!("cannot read [onion] key_file {key_file}"))?;
+        let signer =
+            smtorp_onionauth::Signer::from_ctor_secret_key_file(&bytes).with_context(|| {
+                format!("[onion] key_file {key_file} is not a C tor hs_ed25519_secret_key")
+            })?;
+        if !out.iter().any(|s| s.onion() == signer.onion()) {
+            out.push(signer);
+        }
+    }
+    for signer in &out {
+        info!(onion = %signer.onion(), "signing our mail (XONIONAUTH)");
+    }
+    Ok(out)
+}
+
 fn prepare_arti_dirs(settings: &Settings) -> anyhow::Result<()> {
     for dir in [settings.arti_state_dir(), settings.arti_cache_dir()] {
         fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;

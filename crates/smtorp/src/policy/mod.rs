@@ -1,7 +1,7 @@
 //! Who is local and who may send what, where: our domains, users and aliases; the one
 //! recipient classifier ([`Directory::classify`]) and the one place that turns each class
 //! into an SMTP reply ([`refusal`]); the rules of each way in (`onion_side`, `submission`,
-//! `local`).
+//! `local`) and what sender authentication allows on the onion side (`sender_auth`).
 //!
 //! Mail from the onion side (arti streams and `[smtp] listen` listeners) is accepted only
 //! for our own domains and known users or aliases; `postmaster` always (RFC 5321). Nothing
@@ -9,10 +9,12 @@
 
 pub(crate) mod local;
 pub(crate) mod onion_side;
+pub(crate) mod sender_auth;
 pub(crate) mod submission;
 
 pub(crate) use local::Submitter;
 pub(crate) use onion_side::OnionSidePolicy;
+pub(crate) use sender_auth::{KnownPeers, SenderRules};
 pub(crate) use submission::SubmissionPolicy;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -96,6 +98,28 @@ impl Directory {
     pub(crate) fn owns(&self, user: &str, address: &Address) -> bool {
         self.is_local_domain(&address.domain)
             && self.user_of(&address.local_part).as_deref() == Some(user)
+    }
+
+    /// All our domains (lower case), the primary one first.
+    pub(crate) fn domains(&self) -> Vec<String> {
+        let mut out = vec![self.primary.clone()];
+        out.extend(self.domains.iter().filter(|d| **d != self.primary).cloned());
+        out
+    }
+
+    /// Our domains that are onion addresses (lower case): the onions a peer may sign for
+    /// in XONIONAUTH (their public keys are all the server side needs).
+    pub(crate) fn onion_domains(&self) -> Vec<String> {
+        self.domains
+            .iter()
+            .chain(std::iter::once(&self.primary))
+            .filter(|d| d.ends_with(".onion"))
+            .fold(Vec::new(), |mut out, d| {
+                if !out.contains(d) {
+                    out.push(d.clone());
+                }
+                out
+            })
     }
 
     /// True if `name` is in `[local] users`.

@@ -1,28 +1,34 @@
-//! The onion side's rules (onion-service streams and `[smtp] listen` listeners): any valid
-//! sender; recipients only our own users (no relay).
+//! The onion side's rules (onion-service streams and `[smtp] listen` listeners): senders
+//! as sender authentication allows ([`SenderRules`]); recipients only our own users (no
+//! relay).
 
 use std::sync::Arc;
 
-use smtorp_smtp::{Address, Policy, Reply};
+use smtorp_smtp::{Address, Policy, Reply, SenderContext};
 
-use super::{check, Directory, Side};
+use super::{check, Directory, SenderRules, Side};
 
 /// The onion-side policy.
 #[derive(Debug, Clone)]
-pub(crate) struct OnionSidePolicy(pub Arc<Directory>);
+pub(crate) struct OnionSidePolicy {
+    /// Our domains and users.
+    pub(crate) directory: Arc<Directory>,
+    /// What the session's XONIONAUTH result allows.
+    pub(crate) senders: Arc<SenderRules>,
+}
 
 impl Policy for OnionSidePolicy {
     fn check_sender(
         &self,
-        _sender: Option<&Address>,
-        _auth_user: Option<&str>,
+        sender: Option<&Address>,
+        context: &SenderContext<'_>,
     ) -> Result<(), Reply> {
-        // Any syntactically valid sender (the engine checked it, including onion checksums).
-        Ok(())
+        // The engine checked the syntax (including onion checksums).
+        self.senders.check_sender(sender, context.onion_auth)
     }
 
     fn check_recipient(&self, rcpt: &Address) -> Result<(), Reply> {
-        check(&self.0.classify(rcpt), Side::Onion)
+        check(&self.directory.classify(rcpt), Side::Onion)
     }
 }
 
@@ -37,7 +43,15 @@ mod tests {
 
     #[test]
     fn only_our_users() {
-        let p = OnionSidePolicy(Arc::new(directory()));
+        let directory = Arc::new(directory());
+        let p = OnionSidePolicy {
+            senders: Arc::new(SenderRules::new(
+                crate::config::SenderAuth::Verify,
+                directory.clone(),
+                None,
+            )),
+            directory,
+        };
         assert!(p.check_recipient(&addr("alice@mail.test")).is_ok());
         assert!(p.check_recipient(&addr("ALICE@mail.test")).is_ok());
         assert!(p.check_recipient(&addr("info@mail.test")).is_ok());

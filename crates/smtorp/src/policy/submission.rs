@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use smtorp_smtp::{Address, Policy, Reply};
+use smtorp_smtp::{Address, Policy, Reply, SenderContext};
 
 use super::{check, Directory, Side};
 
@@ -13,8 +13,12 @@ use super::{check, Directory, Side};
 pub(crate) struct SubmissionPolicy(pub Arc<Directory>);
 
 impl Policy for SubmissionPolicy {
-    fn check_sender(&self, sender: Option<&Address>, auth_user: Option<&str>) -> Result<(), Reply> {
-        let Some(user) = auth_user else {
+    fn check_sender(
+        &self,
+        sender: Option<&Address>,
+        context: &SenderContext<'_>,
+    ) -> Result<(), Reply> {
+        let Some(user) = context.auth_user else {
             return Err(Reply::new(530, [5, 7, 0], "Authentication required"));
         };
         let own = sender.is_some_and(|s| self.0.owns(user, s));
@@ -46,29 +50,47 @@ mod tests {
         Address::parse(s, true).unwrap()
     }
 
+    fn ctx<'a>(user: Option<&'a str>, none: &'a smtorp_smtp::AuthResult) -> SenderContext<'a> {
+        SenderContext {
+            auth_user: user,
+            onion_auth: none,
+        }
+    }
+
     #[test]
     fn senders_are_the_users_own_addresses() {
         let p = policy();
+        let none = smtorp_smtp::AuthResult::None;
         assert!(p
-            .check_sender(Some(&addr("alice@mail.test")), Some("alice"))
+            .check_sender(Some(&addr("alice@mail.test")), &ctx(Some("alice"), &none))
             .is_ok());
         assert!(p
-            .check_sender(Some(&addr("postmaster@mail.test")), Some("alice"))
+            .check_sender(
+                Some(&addr("postmaster@mail.test")),
+                &ctx(Some("alice"), &none)
+            )
             .is_ok());
         assert!(p
-            .check_sender(Some(&addr("info@mail.test")), Some("bob"))
+            .check_sender(Some(&addr("info@mail.test")), &ctx(Some("bob"), &none))
             .is_ok());
         for (sender, user) in [
             ("bob@mail.test", "alice"),
             ("info@mail.test", "alice"),
             ("alice@other.test", "alice"),
         ] {
-            let r = p.check_sender(Some(&addr(sender)), Some(user)).unwrap_err();
+            let r = p
+                .check_sender(Some(&addr(sender)), &ctx(Some(user), &none))
+                .unwrap_err();
             assert_eq!((r.code, r.enhanced), (553, [5, 7, 1]), "{sender}");
         }
-        assert_eq!(p.check_sender(None, Some("alice")).unwrap_err().code, 553);
         assert_eq!(
-            p.check_sender(Some(&addr("alice@mail.test")), None)
+            p.check_sender(None, &ctx(Some("alice"), &none))
+                .unwrap_err()
+                .code,
+            553
+        );
+        assert_eq!(
+            p.check_sender(Some(&addr("alice@mail.test")), &ctx(None, &none))
                 .unwrap_err()
                 .code,
             530

@@ -99,6 +99,7 @@ impl<P: Policy> Session<P> {
             sender: self.sender.clone().unwrap_or_default(),
             recipients: self.recipients.clone(),
             auth_user: self.auth_user.clone(),
+            onion_auth: self.tx_auth.clone(),
         }
     }
 

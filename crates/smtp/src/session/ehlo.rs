@@ -45,6 +45,9 @@ impl<P: Policy> Session<P> {
                 .to_owned(),
             );
         }
+        if let Some(auth) = self.onion_auth.as_mut() {
+            lines.push(auth.ehlo_keyword());
+        }
         lines.push("ENHANCEDSTATUSCODES".to_owned());
         let last = lines.len() - 1;
         for (i, line) in lines.iter().enumerate() {

@@ -4,7 +4,7 @@ use std::borrow::Cow;
 
 use smtp_proto::{MailFrom, MAIL_BODY_7BIT, MAIL_BODY_8BITMIME, MAIL_SMTPUTF8};
 
-use super::{Policy, Session};
+use super::{AuthResult, Policy, Session};
 use crate::address::Address;
 use crate::reply::Reply;
 
@@ -81,13 +81,38 @@ impl<P: Policy> Session<P> {
                 }
             }
         };
-        if let Err(reply) = self
-            .policy
-            .check_sender(sender.as_ref(), self.auth_user.as_deref())
-        {
+        let tx_auth = match self.onion_auth.as_mut() {
+            Some(auth) => auth.on_mail(sender.as_ref().map(|a| a.domain.as_str())),
+            None => AuthResult::None,
+        };
+        if self.config.sender_auth == super::SenderAuthMode::Require && self.onion_auth.is_some() {
+            match &tx_auth {
+                AuthResult::Pass(_) => {}
+                AuthResult::None => {
+                    self.respond(Reply::new(530, [5, 7, 0], "Authentication required"));
+                    return;
+                }
+                AuthResult::Fail => {
+                    let text = "Sender domain not authenticated";
+                    self.respond(Reply::new(550, [5, 7, 1], text));
+                    return;
+                }
+            }
+        }
+        let session_auth = self
+            .onion_auth
+            .as_ref()
+            .map(|a| a.result().clone())
+            .unwrap_or(AuthResult::None);
+        let context = super::SenderContext {
+            auth_user: self.auth_user.as_deref(),
+            onion_auth: &session_auth,
+        };
+        if let Err(reply) = self.policy.check_sender(sender.as_ref(), &context) {
             self.respond(reply);
             return;
         }
+        self.tx_auth = tx_auth;
         self.sender = Some(sender.map(|a| a.to_string()).unwrap_or_default());
         self.smtputf8 = utf8;
         self.recipients.clear();

@@ -14,6 +14,7 @@ mod ehlo;
 mod framer;
 mod mail;
 mod misc;
+mod onion_auth;
 mod rcpt;
 mod submission;
 #[cfg(test)]
@@ -21,11 +22,27 @@ mod tests;
 #[cfg(test)]
 mod tests_garbage;
 #[cfg(test)]
+mod tests_onion_auth;
+#[cfg(test)]
 mod tests_submission;
 
 use data::DataState;
 use framer::{Frame, Framer};
 use submission::AuthState;
+
+pub use smtorp_onionauth::{AuthResult, Onion};
+
+/// Whether the onion side offers and checks XONIONAUTH (docs/sender-auth.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SenderAuthMode {
+    /// Not offered, nothing checked.
+    Off,
+    /// Offered and checked; the policy decides what an unauthenticated sender may do.
+    #[default]
+    Verify,
+    /// Every transaction must come from an authenticated session (530 5.7.0 otherwise).
+    Require,
+}
 
 /// Which rules a session applies.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -78,6 +95,11 @@ pub struct SessionConfig {
     pub kind: SessionKind,
     /// Failed AUTH attempts allowed in one session; the last one is followed by 421 4.7.0.
     pub max_auth_failures: usize,
+    /// XONIONAUTH on the onion side.
+    pub sender_auth: SenderAuthMode,
+    /// Our own onions (any of them may be the one a client signed for); without any,
+    /// XONIONAUTH is not offered.
+    pub own_onions: Vec<Onion>,
     /// The driver waits this long times the number of failures so far before it answers a
     /// failed AUTH (1 s, 2 s, 3 s, ...; at most 10 s).
     pub auth_failure_delay: Duration,
@@ -101,15 +123,29 @@ impl Default for SessionConfig {
             kind: SessionKind::OnionSide,
             max_auth_failures: 3,
             auth_failure_delay: Duration::from_secs(1),
+            sender_auth: SenderAuthMode::Verify,
+            own_onions: Vec::new(),
         }
     }
 }
 
+/// What a session knows about who is sending, for [`Policy::check_sender`].
+#[derive(Debug, Clone, Copy)]
+pub struct SenderContext<'a> {
+    /// The user who authenticated with AUTH (submission port only).
+    pub auth_user: Option<&'a str>,
+    /// The session's XONIONAUTH result (onion side; `None` when not offered or not tried).
+    pub onion_auth: &'a AuthResult,
+}
+
 /// Who may send to whom: implemented by the binary (onion-side rules, submission rules).
 pub trait Policy {
-    /// MAIL FROM with a validated sender (`None` for the null sender `<>`). `auth_user` is
-    /// the authenticated user (submission port only; `None` on the onion side).
-    fn check_sender(&self, sender: Option<&Address>, auth_user: Option<&str>) -> Result<(), Reply>;
+    /// MAIL FROM with a validated sender (`None` for the null sender `<>`).
+    fn check_sender(
+        &self,
+        sender: Option<&Address>,
+        context: &SenderContext<'_>,
+    ) -> Result<(), Reply>;
     /// MAIL FROM, before the sender: can we take a message of the announced `size` (0 when
     /// not announced) now? (E.g. 452 4.3.1 when the disk is nearly full.) Our state, not
     /// the client's fault: not counted as an error.
@@ -135,6 +171,9 @@ pub struct Transaction {
     pub recipients: Vec<String>,
     /// The user who authenticated (submission port), `None` on the onion side.
     pub auth_user: Option<String>,
+    /// The XONIONAUTH result for this transaction (onion side): `Pass` only if the sender's
+    /// domain is the onion that authenticated, or the sender is `<>`.
+    pub onion_auth: AuthResult,
 }
 
 /// A user name and password from AUTH. `Debug` never shows the password.
@@ -240,6 +279,10 @@ pub struct Session<P: Policy> {
     auth_failures: usize,
     /// A step produced by the command just processed (StartTls, Authenticate, StartData).
     next_step: Option<Step>,
+    /// XONIONAUTH state (onion side, when offered).
+    onion_auth: Option<smtorp_onionauth::ServerAuth>,
+    /// The XONIONAUTH result of the open transaction.
+    tx_auth: AuthResult,
     /// Command lines processed so far (for the driver's per-command deadline).
     commands: u64,
 }
@@ -274,7 +317,17 @@ impl<P: Policy> Session<P> {
             auth_failures: 0,
             next_step: None,
             commands: 0,
+            onion_auth: None,
+            tx_auth: AuthResult::None,
         };
+        let offered = session.config.kind == SessionKind::OnionSide
+            && session.config.sender_auth != SenderAuthMode::Off
+            && !session.config.own_onions.is_empty();
+        if offered {
+            session.onion_auth = Some(smtorp_onionauth::ServerAuth::new(
+                session.config.own_onions.clone(),
+            ));
+        }
         let banner = Reply::plain(220, format!("{} ESMTP", session.config.hostname));
         session.push(&banner);
         session
@@ -515,6 +568,10 @@ impl<P: Policy> Session<P> {
     fn command(&mut self, line: &[u8]) {
         use smtp_proto::Request;
 
+        if let Some(argument) = onion_auth::argument(line) {
+            self.xonionauth(argument);
+            return;
+        }
         if line.contains(&0) {
             tracing::debug!("command with a NUL character");
             self.respond(Reply::new(
