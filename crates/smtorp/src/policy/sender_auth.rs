@@ -31,6 +31,10 @@ pub(crate) const PEER_EXPIRY: Duration = Duration::from_secs(180 * 86400);
 /// A known peer's last-seen time is written again only when it is older than this (so a
 /// busy peer does not cost a store write per message).
 const PEER_REFRESH: u64 = 86400;
+/// The most peers remembered (about 10 MB of memory and store): onion keys cost nothing to
+/// make, so without a bound anyone could grow the record by one entry per accepted message.
+/// Past it, new peers are not recorded (known ones still are), and a warning is logged.
+pub(crate) const MAX_KNOWN_PEERS: usize = 100_000;
 
 /// Peers that authenticated to us before, by keyed hash (SHA-256 of a secret key and the
 /// onion address): the store holds no address, and only the key's holder can test one.
@@ -94,14 +98,20 @@ impl KnownPeers {
     /// made durable with the next queue sync; losing it in a crash only delays it to the
     /// peer's next message.
     pub(crate) async fn record(&self, onion: &str, now: u64) {
+        self.record_within(onion, now, MAX_KNOWN_PEERS).await;
+    }
+
+    async fn record_within(&self, onion: &str, now: u64, max: usize) {
         let hash = self.hash(onion);
         {
             let mut seen = self.seen.write().unwrap_or_else(|e| e.into_inner());
-            let fresh = seen
-                .get(&hash)
-                .is_some_and(|when| now.saturating_sub(*when) < PEER_REFRESH);
+            let known = seen.get(&hash).copied();
+            if known.is_none() && seen.len() >= max {
+                warn!(max, "too many known peers: a new one is not recorded");
+                return;
+            }
             seen.insert(hash, now);
-            if fresh {
+            if known.is_some_and(|when| now.saturating_sub(when) < PEER_REFRESH) {
                 return;
             }
         }
@@ -506,6 +516,27 @@ mod tests {
         let known = KnownPeers::load(&dir.path().join("peers.key"), queue.clone(), later).unwrap();
         assert_eq!(known.count(), 0);
         assert!(queue.peers().unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_record_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let known = peers(dir.path());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let now = crate::intake::headers::unix_now();
+        for n in 0..5 {
+            rt.block_on(known.record_within(&onion(n), now, 3));
+        }
+        assert_eq!(known.count(), 3);
+        assert!(known.is_known(&onion(0), now) && !known.is_known(&onion(4), now));
+        // A known peer is still refreshed when the record is full.
+        rt.block_on(known.record_within(&onion(1), now + 2 * PEER_REFRESH, 3));
+        assert_eq!(known.count(), 3);
+        rt.block_on(known.queue.sync()).unwrap();
+        assert_eq!(known.queue.peers().unwrap().len(), 3);
     }
 
     #[test]
