@@ -8,14 +8,17 @@
 # Maildir), the order of the two alternating from run to run:
 #   single: one message per connection (smtp-source -s SESSIONS -m N), the worst case for
 #           a group commit;
-#   multi:  PER_CONN messages per connection (SESSIONS parallel loops of
-#           smtp-source -d -s 1 -m PER_CONN), the way a peer with connection caching sends
-#           (smtorp's own client, Postfix's smtp).
+#   multi:  several messages per connection, the way a peer with connection caching sends
+#           (smtorp's own client, Postfix's smtp): smtp-source -d -s SESSIONS -m N, each
+#           session keeping its connection for its N / SESSIONS messages; with PER_CONN > 0,
+#           SESSIONS parallel loops of smtp-source -d -s 1 -m PER_CONN instead (a new
+#           smtp-source process per connection: its start costs CPU on a small machine).
 #
 # Environment: N (messages per run, default 5000), RUNS (default 5), LOADS (default
-# "single multi"), SESSIONS (default 20), PER_CONN (default 10), SIZE (bytes per message,
+# "single multi"), SESSIONS (default 20), PER_CONN (default 0), SIZE (bytes per message,
 # default 10240), TIMEOUT (seconds per load, default 600), SMTORP_BIN (skip the release
-# build and use this binary), BENCH_DIR (where the work folder goes, default /var/tmp),
+# build and use this binary), CONCURRENCY (smtorp's [delivery] concurrency; default: its
+# own default), BENCH_DIR (where the work folder goes, default /var/tmp),
 # KEEP=1 (keep the work folder). Runs are removed only at the end (deleting thousands of
 # files between runs would slow the next run's file creations, see WORK below).
 #
@@ -31,7 +34,7 @@ N="${1:-${N:-5000}}"
 RUNS="${RUNS:-5}"
 LOADS="${LOADS:-single multi}"
 SESSIONS="${SESSIONS:-20}"
-PER_CONN="${PER_CONN:-10}"
+PER_CONN="${PER_CONN:-0}"
 SIZE="${SIZE:-10240}"
 TIMEOUT="${TIMEOUT:-600}"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -193,6 +196,10 @@ start_load() {
     if [ "$load" = single ]; then
         smtp-source -s "$SESSIONS" -m "$N" "${common[@]}" "127.0.0.1:$port" >>"$log" 2>&1 &
         LOAD_PIDS="$!"
+    elif [ "$PER_CONN" = 0 ]; then
+        # Each session keeps its connection for all its messages (N / SESSIONS).
+        smtp-source -d -s "$SESSIONS" -m "$N" "${common[@]}" "127.0.0.1:$port" >>"$log" 2>&1 &
+        LOAD_PIDS="$!"
     else
         local w share left k
         for w in $(seq "$SESSIONS"); do
@@ -259,6 +266,9 @@ users = ["alice"]
 [log]
 level = "warn"
 EOF
+    if [ -n "${CONCURRENCY:-}" ]; then
+        printf '[delivery]\nconcurrency = %s\n' "$CONCURRENCY" >>"$dir/smtorp.toml"
+    fi
     "$BIN" --config "$dir/smtorp.toml" init >/dev/null
     "$BIN" --config "$dir/smtorp.toml" run >"$dir/smtorp.log" 2>&1 &
     SMTORP_PID=$!
@@ -341,7 +351,8 @@ EOF
     RESULT="$ELAPSED $mem"
 }
 
-echo "== smtorp $BIN vs postfix $(postconf -d -h mail_version): N=$N x $SIZE B, $SESSIONS sessions, $RUNS runs, loads: $LOADS (multi: $PER_CONN per connection)"
+echo "== smtorp $BIN vs postfix $(postconf -d -h mail_version): N=$N x $SIZE B, $SESSIONS sessions, $RUNS runs, loads: $LOADS (multi: $([ "$PER_CONN" = 0 ] && echo "$((N / SESSIONS))" || echo "$PER_CONN") per connection)"
+[ -z "${CONCURRENCY:-}" ] || echo "== smtorp [delivery] concurrency = $CONCURRENCY"
 echo "== load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 RESULTS="$WORK/results"
 : >"$RESULTS"
