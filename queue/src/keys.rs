@@ -13,6 +13,9 @@ pub(crate) const BODIES: &str = "bodies";
 pub(crate) const PEERS: &str = "peers";
 /// The folder (inside the queue folder) of the spool files, one per message, named by id.
 pub(crate) const SPOOL_DIR: &str = "spool";
+/// The folder (inside the queue folder) of emptied spool files kept for reuse; not durable,
+/// emptied at open.
+pub(crate) const POOL_DIR: &str = "spool.free";
 /// Tree: due secs (8 bytes BE) || id (8 bytes BE) -> empty value.
 pub(crate) const DUE: &str = "due";
 /// Tree: intake tokens (e.g. a maildrop file name) -> id: an entry point that must not

@@ -363,7 +363,7 @@ impl Queue {
             }
             other => QueueError::Store(other),
         })?;
-        let spool = spool::SpoolDir::open(&dir.join(keys::SPOOL_DIR))?;
+        let spool = spool::SpoolDir::open(&dir.join(keys::SPOOL_DIR), &dir.join(keys::POOL_DIR))?;
         let envelopes = db.open_tree(keys::ENVELOPES)?;
         let bodies = db.open_tree(keys::BODIES)?;
         let due = db.open_tree(keys::DUE)?;
@@ -759,8 +759,9 @@ impl Queue {
             .map_err(tx_err)?;
         if removed {
             // Every recipient is done (delivered, or failed and bounced): the content is not
-            // needed whether or not this removal survives a crash.
-            self.spool.remove(env.id)?;
+            // needed whether or not this removal survives a crash. The sinks have finished
+            // reading it, so the file may be reused.
+            self.spool.recycle(env.id)?;
         }
         Ok(())
     }

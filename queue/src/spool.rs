@@ -2,15 +2,116 @@
 //! written as it arrives (so no message ever sits whole in memory), made durable with
 //! fdatasync at commit, and removed when the message leaves the queue. New files' folder
 //! entries are made durable by the group-commit flusher, once per batch.
+//!
+//! A small file whose message was delivered is not unlinked but moved into a pool folder
+//! (`spool.free/`) and renamed back, emptied, for the next message: see [`Pool`].
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::{QueueError, QueueId};
+
+/// Files kept in the pool at most (a few more while deliveries finish at the same moment).
+const POOL_MAX_FILES: usize = 64;
+/// Larger files are unlinked, not pooled (truncating many blocks is not cheaper than
+/// freeing the inode with them).
+const POOL_MAX_FILE_SIZE: u64 = 256 * 1024;
+
+/// Emptied spool files waiting to be reused, in their own folder next to `spool/`.
+///
+/// Why: creating a file allocates an inode and unlinking one frees it. On ext4 without a
+/// journal, every inode allocation skips the inodes freed in the last minutes
+/// (`recently_deleted`, one buffer lookup each), so at hundreds of messages a second a
+/// create-per-message, unlink-per-message spool spent a fifth of the daemon's CPU there
+/// (docs/performance.md). A pooled file is truncated and renamed (`renameat2`, never over
+/// an existing name) instead: no inode is allocated or freed.
+///
+/// Only the queue's own removal of a finished message ([`SpoolDir::recycle`], from
+/// `Queue::update`) pools a file: its readers (the sinks) are done by then. An explicit
+/// removal (`queue delete`, recovery) unlinks as before, so a reader that still holds the
+/// file open keeps reading that message. The pool is not durable: whatever is in it when
+/// the queue is opened is removed. When a file leaves the pool, the pool folder is fsynced
+/// with the spool folder by the group commit, so after a crash an acknowledged message's
+/// file has one name only.
+#[derive(Debug)]
+struct Pool {
+    path: PathBuf,
+    /// The folder, for `renameat2` and fsync.
+    dir: File,
+    /// The numbers (names) of the files in the pool.
+    names: Mutex<Vec<u64>>,
+    /// The next name.
+    next: AtomicU64,
+    /// A file left the pool since the folder was last fsynced.
+    dirty: AtomicBool,
+    /// Cleared when the file system refuses `renameat2` (the pool is then not used).
+    enabled: AtomicBool,
+}
+
+impl Pool {
+    /// Opens (creating, mode 0700) the pool folder and empties it. `None` if that fails
+    /// (spool files are then created and unlinked one by one, as without a pool).
+    fn open(path: &Path) -> Option<Pool> {
+        match fs::DirBuilder::new().mode(0o700).create(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => {
+                for entry in fs::read_dir(path).ok()? {
+                    let entry = entry.ok()?;
+                    let p = entry.path();
+                    match entry.file_type().ok()? {
+                        t if t.is_dir() => fs::remove_dir_all(&p).ok()?,
+                        _ => fs::remove_file(&p).ok()?,
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(folder = %path.display(), error = %e, "no spool file pool");
+                return None;
+            }
+        }
+        Some(Pool {
+            path: path.to_path_buf(),
+            dir: File::open(path).ok()?,
+            names: Mutex::new(Vec::new()),
+            next: AtomicU64::new(0),
+            dirty: AtomicBool::new(false),
+            enabled: AtomicBool::new(true),
+        })
+    }
+
+    fn names(&self) -> std::sync::MutexGuard<'_, Vec<u64>> {
+        self.names.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn usable(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    /// The file system cannot do what the pool needs: stop using it.
+    fn disable(&self, e: &io::Error) {
+        if self.enabled.swap(false, Ordering::Relaxed) {
+            tracing::debug!(error = %e, "spool file pool turned off");
+        }
+    }
+}
+
+/// `rename` that fails with `AlreadyExists` instead of replacing `to`.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn rename_noreplace(from_dir: &File, from: &str, to_dir: &File, to: &str) -> io::Result<()> {
+    use nix::fcntl::{renameat2, RenameFlags};
+    renameat2(from_dir, from, to_dir, to, RenameFlags::RENAME_NOREPLACE)
+        .map_err(|e| io::Error::from_raw_os_error(e as i32))
+}
+
+/// Without `renameat2`, no pool.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn rename_noreplace(_: &File, _: &str, _: &File, _: &str) -> io::Result<()> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
+}
 
 /// The spool folder, shared by the queue and its flusher.
 #[derive(Debug, Clone)]
@@ -25,11 +126,14 @@ struct Inner {
     dir: File,
     /// A file was created since the folder was last fsynced.
     dirty: AtomicBool,
+    /// Emptied files for reuse.
+    pool: Option<Pool>,
 }
 
 impl SpoolDir {
-    /// Opens the spool folder, creating it (mode 0700) if missing.
-    pub(crate) fn open(path: &Path) -> io::Result<SpoolDir> {
+    /// Opens the spool folder, creating it (mode 0700) if missing, and the pool of emptied
+    /// files at `pool` (emptied now; see [`Pool`]).
+    pub(crate) fn open(path: &Path, pool: &Path) -> io::Result<SpoolDir> {
         match fs::DirBuilder::new().mode(0o700).create(path) {
             Ok(()) => {
                 if let Some(parent) = path.parent() {
@@ -45,6 +149,7 @@ impl SpoolDir {
                 path: path.to_path_buf(),
                 dir,
                 dirty: AtomicBool::new(false),
+                pool: Pool::open(pool),
             }),
         })
     }
@@ -58,9 +163,23 @@ impl SpoolDir {
         self.inner.path.join(id.to_string())
     }
 
-    /// A new, empty spool file for `id`; `None` if one exists already.
+    /// A new, empty spool file for `id` (a pooled one if there is one); `None` if one exists
+    /// already.
     pub(crate) fn create(&self, id: QueueId) -> io::Result<Option<Spool>> {
         let path = self.file(id);
+        match self.reuse(id, &path) {
+            Reuse::File(file) => {
+                return Ok(Some(Spool {
+                    id,
+                    file,
+                    path,
+                    len: 0,
+                    keep: false,
+                }))
+            }
+            Reuse::Taken => return Ok(None),
+            Reuse::None => {}
+        }
         let file = match OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -113,6 +232,75 @@ impl SpoolDir {
         }
     }
 
+    /// Takes a file from the pool and names it `spool/<id>`, emptied.
+    fn reuse(&self, id: QueueId, path: &Path) -> Reuse {
+        let Some(pool) = self.inner.pool.as_ref().filter(|p| p.usable()) else {
+            return Reuse::None;
+        };
+        let Some(n) = pool.names().pop() else {
+            return Reuse::None;
+        };
+        match rename_noreplace(&pool.dir, &n.to_string(), &self.inner.dir, &id.to_string()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                pool.names().push(n);
+                return Reuse::Taken;
+            }
+            Err(e) => {
+                pool.disable(&e);
+                let _ = fs::remove_file(pool.path.join(n.to_string()));
+                return Reuse::None;
+            }
+        }
+        pool.dirty.store(true, Ordering::SeqCst);
+        self.inner.dirty.store(true, Ordering::SeqCst);
+        match OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(path)
+        {
+            Ok(file) => Reuse::File(file),
+            Err(e) => {
+                tracing::debug!(file = %path.display(), error = %e, "cannot reuse a pooled spool file");
+                let _ = fs::remove_file(path);
+                Reuse::None
+            }
+        }
+    }
+
+    /// Removes the spool file of a message that has left the queue through its own
+    /// delivery (nobody reads it any more): a small one goes to the pool, others are
+    /// unlinked. None is fine.
+    pub(crate) fn recycle(&self, id: QueueId) -> io::Result<()> {
+        if let Some(pool) = self.inner.pool.as_ref().filter(|p| p.usable()) {
+            let small = fs::symlink_metadata(self.file(id))
+                .is_ok_and(|m| m.is_file() && m.len() <= POOL_MAX_FILE_SIZE);
+            if small && pool.names().len() < POOL_MAX_FILES {
+                // Emptied now, not when reused: a delivered message's content does not stay
+                // on in the pool (the blocks are freed; the inode is what the pool keeps).
+                if let Err(e) = nix::unistd::truncate(&self.file(id), 0) {
+                    if e == nix::errno::Errno::ENOENT {
+                        return Ok(());
+                    }
+                    return self.remove(id);
+                }
+                let n = pool.next.fetch_add(1, Ordering::Relaxed);
+                match rename_noreplace(&self.inner.dir, &id.to_string(), &pool.dir, &n.to_string())
+                {
+                    Ok(()) => {
+                        pool.names().push(n);
+                        return Ok(());
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => pool.disable(&e),
+                }
+            }
+        }
+        self.remove(id)
+    }
+
     /// Removes the spool file of `id` (none is fine).
     pub(crate) fn remove(&self, id: QueueId) -> io::Result<()> {
         match fs::remove_file(self.file(id)) {
@@ -146,8 +334,17 @@ impl SpoolDir {
         Ok(out)
     }
 
-    /// fsyncs the folder if a file was created since the last time (group commit).
+    /// fsyncs the folder if a file was created since the last time (group commit), and the
+    /// pool folder if a file left it.
     pub(crate) fn sync_if_dirty(&self) -> io::Result<()> {
+        if let Some(pool) = &self.inner.pool {
+            if pool.dirty.swap(false, Ordering::SeqCst) {
+                if let Err(e) = pool.dir.sync_all() {
+                    pool.dirty.store(true, Ordering::SeqCst);
+                    return Err(e);
+                }
+            }
+        }
         if self.inner.dirty.swap(false, Ordering::SeqCst) {
             if let Err(e) = self.inner.dir.sync_all() {
                 self.inner.dirty.store(true, Ordering::SeqCst);
@@ -157,17 +354,31 @@ impl SpoolDir {
         Ok(())
     }
 
-    /// Bytes taken by the spool files (their sizes; for `status` and benchmarks).
+    /// Bytes taken by the spool files and the pool (their sizes; for `status` and
+    /// benchmarks).
     pub(crate) fn usage(&self) -> u64 {
-        let Ok(entries) = fs::read_dir(&self.inner.path) else {
-            return 0;
+        let size = |folder: &Path| -> u64 {
+            let Ok(entries) = fs::read_dir(folder) else {
+                return 0;
+            };
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
         };
-        entries
-            .filter_map(Result::ok)
-            .filter_map(|e| e.metadata().ok())
-            .map(|m| m.len())
-            .sum()
+        size(&self.inner.path) + self.inner.pool.as_ref().map_or(0, |p| size(&p.path))
     }
+}
+
+/// What [`SpoolDir::reuse`] found.
+enum Reuse {
+    /// A pooled file, now `spool/<id>`, empty and open for writing.
+    File(File),
+    /// `spool/<id>` exists already.
+    Taken,
+    /// Nothing to reuse: create a file.
+    None,
 }
 
 /// An incoming message's spool file, written as the content arrives. Dropped without a

@@ -514,3 +514,104 @@ fn peers_are_opaque_keys_with_a_time() {
     assert!(!q.forget_peer(&[1u8; 32]).unwrap());
     assert_eq!(q.peers().unwrap().len(), 1);
 }
+
+#[test]
+fn a_delivered_message_leaves_its_file_for_the_next_one_emptied() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path()).unwrap();
+    let inode = |id: QueueId| {
+        std::fs::metadata(q.spool_dir().join(id.to_string()))
+            .unwrap()
+            .ino()
+    };
+    let mut env = insert(&q, 1, &["bob@b.onion"], b"Subject: first\r\n\r\nsecret\r\n");
+    let first = inode(env.id);
+    env.recipients[0].state = RecipientState::Delivered;
+    q.update(&env).unwrap();
+    assert!(q.body(env.id).unwrap().is_none());
+    assert_eq!(std::fs::read_dir(q.spool_dir()).unwrap().count(), 0);
+    // The pool keeps the file, not the delivered message's content.
+    let pooled: Vec<u64> = std::fs::read_dir(dir.path().join("spool.free"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .collect();
+    assert_eq!(pooled, vec![0], "a pooled file is empty");
+    // The next message gets the same file, with nothing of the first one in it.
+    let mut spool = q.create_spool().unwrap();
+    let id = spool.id();
+    assert_eq!(inode(id), first, "the pooled file is reused");
+    assert_eq!(
+        std::fs::metadata(q.spool_dir().join(id.to_string()))
+            .unwrap()
+            .len(),
+        0
+    );
+    spool.write_all(b"Subject: second\r\n\r\nx\r\n").unwrap();
+    let recipients = rcpts(&["carol@c.onion"]);
+    let envelope = smtorp_queue::NewEnvelope {
+        sender: "alice@a.onion",
+        recipients: &recipients,
+        origin: Origin::Smtp,
+        arrival: 2,
+    };
+    let env = q.commit(spool, &envelope, None).unwrap().unwrap();
+    q.sync_blocking().unwrap();
+    assert_eq!(
+        q.body(env.id).unwrap().unwrap(),
+        b"Subject: second\r\n\r\nx\r\n"
+    );
+    assert_eq!(env.size, 22);
+}
+
+#[test]
+fn an_explicit_removal_unlinks_and_the_pool_is_emptied_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = dir.path().join("spool.free");
+    {
+        let q = Queue::open(dir.path()).unwrap();
+        // `remove` (queue delete): a reader may still hold the file; it is not pooled.
+        let env = insert(&q, 1, &["bob@b.onion"], b"Subject: a\r\n\r\na\r\n");
+        let mut reader = q.open_body(env.id).unwrap().unwrap();
+        assert!(q.remove(env.id).unwrap());
+        assert_eq!(std::fs::read_dir(&pool).unwrap().count(), 0);
+        let mut text = Vec::new();
+        std::io::Read::read_to_end(&mut reader, &mut text).unwrap();
+        assert_eq!(text, b"Subject: a\r\n\r\na\r\n");
+        // A large message's file is unlinked too; small delivered ones are pooled.
+        let mut big = insert(&q, 1, &["bob@b.onion"], &vec![b'x'; 300 * 1024]);
+        big.recipients[0].state = RecipientState::Delivered;
+        q.update(&big).unwrap();
+        assert_eq!(std::fs::read_dir(&pool).unwrap().count(), 0);
+        let envs: Vec<Envelope> = (0..3)
+            .map(|_| insert(&q, 1, &["bob@b.onion"], b"Subject: b\r\n\r\nb\r\n"))
+            .collect();
+        for mut env in envs {
+            env.recipients[0].state = RecipientState::Failed;
+            q.update(&env).unwrap();
+        }
+        assert_eq!(std::fs::read_dir(&pool).unwrap().count(), 3);
+    }
+    // Nothing in the pool survives a reopen, and it is no crash to repair.
+    let q = Queue::open(dir.path()).unwrap();
+    assert_eq!(std::fs::read_dir(&pool).unwrap().count(), 0);
+    assert!(q.recovery().is_clean(), "{:?}", q.recovery());
+}
+
+#[test]
+fn the_pool_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path()).unwrap();
+    let mut envs: Vec<Envelope> = (0..100)
+        .map(|_| insert(&q, 1, &["bob@b.onion"], b"Subject: c\r\n\r\nc\r\n"))
+        .collect();
+    for env in &mut envs {
+        env.recipients[0].state = RecipientState::Delivered;
+        q.update(env).unwrap();
+    }
+    let pooled = std::fs::read_dir(dir.path().join("spool.free"))
+        .unwrap()
+        .count();
+    assert_eq!(pooled, 64);
+    assert_eq!(std::fs::read_dir(q.spool_dir()).unwrap().count(), 0);
+}

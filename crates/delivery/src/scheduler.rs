@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use smtorp_queue::{Envelope, Origin, Queue, QueueId, RecipientState};
+use smtorp_queue::{Envelope, Origin, Queue, QueueError, QueueId, RecipientState};
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
@@ -253,7 +253,9 @@ impl Scheduler {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         self.remember_inherited().await;
         let this = Arc::new(self);
-        let mut tasks = JoinSet::new();
+        let mut tasks: JoinSet<(QueueId, Option<Finished>)> = JoinSet::new();
+        // Attempts that finished and whose results the next round records.
+        let mut done: Vec<(QueueId, Option<Finished>)> = Vec::new();
         let mut last_upkeep = std::time::Instant::now();
         loop {
             if *shutdown.borrow() {
@@ -266,44 +268,104 @@ impl Scheduler {
                     tokio::spawn(async move { sink.upkeep().await });
                 }
             }
-            let mut full = false;
-            let limit = DUE_BATCH.max(this.config.concurrency * 2);
-            let now = this.now();
-            match this.parts.queue.call(move |q| q.due(now, limit)).await {
-                Ok(ids) => {
-                    for id in ids {
-                        if tasks.len() >= this.config.concurrency {
-                            full = true;
-                            break;
+            // One store call per round: the results of the attempts that finished, the due
+            // ids not being delivered, the envelopes of as many as there are free places,
+            // and when the next one is due. Each store call is a hand-over to the blocking
+            // pool (a few context switches); a call per step and message (the index, the
+            // next due time, each envelope, each update) cost about a fifth of the daemon's
+            // CPU at a thousand messages a second (docs/performance.md). With every place
+            // taken there is nothing to read.
+            let free = this.config.concurrency.saturating_sub(tasks.len());
+            let mut full = free == 0;
+            let mut sleep = MAX_IDLE;
+            if !full {
+                let finished = std::mem::take(&mut done);
+                let ids: Vec<QueueId> = finished.iter().map(|(id, _)| *id).collect();
+                let finished: Vec<Finished> = finished.into_iter().filter_map(|(_, f)| f).collect();
+                let remote = finished.iter().any(|f| f.remote_delivered);
+                let limit = DUE_BATCH.max(this.config.concurrency * 2);
+                let now = this.now();
+                let active = this.active_ids();
+                match this
+                    .parts
+                    .queue
+                    .call(move |q| {
+                        // The results of the attempts that finished, first: a message
+                        // that is done or rescheduled is no longer due.
+                        let failures = update_all(q, &finished);
+                        let mut batch = Vec::new();
+                        let mut more = false;
+                        for id in q.due(now, limit)? {
+                            if active.contains(&id) {
+                                continue;
+                            }
+                            if batch.len() >= free {
+                                more = true;
+                                break;
+                            }
+                            if let Some(envelope) = q.envelope(id)? {
+                                batch.push(envelope);
+                            }
                         }
-                        if !this.claim(id) {
-                            continue;
+                        Ok((failures, batch, more, q.next_due()?))
+                    })
+                    .await
+                {
+                    Ok((failures, batch, more, next_due)) => {
+                        for id in &ids {
+                            this.release(*id);
                         }
-                        let me = this.clone();
-                        tasks.spawn(async move {
-                            me.deliver_message(id).await;
-                            me.release(id);
-                        });
+                        if !failures.is_empty() || remote {
+                            let me = this.clone();
+                            tokio::spawn(async move { me.saved(Ok(failures), remote).await });
+                        }
+                        full = more;
+                        for envelope in batch {
+                            let id = envelope.id;
+                            if !this.claim(id) {
+                                continue;
+                            }
+                            let me = this.clone();
+                            tasks.spawn(async move { (id, me.attempt(envelope).await) });
+                        }
+                        sleep = match next_due {
+                            Some(t) => {
+                                Duration::from_secs(t.saturating_sub(this.now())).min(MAX_IDLE)
+                            }
+                            None => MAX_IDLE,
+                        };
+                    }
+                    Err(e) => {
+                        // The results are not recorded: the messages are tried again, and
+                        // an earlier copy is looked for then.
+                        this.unsaved.store(true, Ordering::SeqCst);
+                        for id in &ids {
+                            this.release(*id);
+                        }
+                        warn!(error = %e, "cannot read the due index; retrying shortly");
+                        sleep = Duration::from_secs(5);
                     }
                 }
-                Err(e) => warn!(error = %e, "cannot read the due index; retrying shortly"),
             }
-            let sleep = match this.parts.queue.call(|q| q.next_due()).await {
-                Ok(Some(t)) => Duration::from_secs(t.saturating_sub(this.now())).min(MAX_IDLE),
-                Ok(None) => MAX_IDLE,
-                Err(_) => Duration::from_secs(5),
-            };
             tokio::select! {
                 _ = this.shared.wake.notified() => {}
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                Some(result) = tasks.join_next(), if !tasks.is_empty() => done.extend(result.ok()),
                 _ = tokio::time::sleep(sleep), if !full && sleep > Duration::ZERO => {}
                 _ = tokio::time::sleep(Duration::from_millis(200)), if !full && sleep == Duration::ZERO && !tasks.is_empty() => {}
                 _ = shutdown.changed() => {}
             }
+            // Every delivery that has finished meanwhile makes room for the next round.
+            while let Some(result) = tasks.try_join_next() {
+                done.extend(result.ok());
+            }
         }
         // Deliveries are bounded by their own time limits; let them finish so nothing is
-        // half done.
-        while tasks.join_next().await.is_some() {}
+        // half done, and record what they did.
+        while let Some(result) = tasks.join_next().await {
+            done.extend(result.ok());
+        }
+        let finished = done.into_iter().filter_map(|(_, f)| f).collect();
+        this.save(finished).await;
         info!("delivery scheduler stopped");
     }
 
@@ -340,6 +402,11 @@ impl Scheduler {
         sinks
     }
 
+    /// The messages being delivered now.
+    fn active_ids(&self) -> HashSet<QueueId> {
+        self.active.lock().map(|a| a.clone()).unwrap_or_default()
+    }
+
     fn claim(&self, id: QueueId) -> bool {
         self.active
             .lock()
@@ -357,8 +424,7 @@ impl Scheduler {
     /// handed to its sink; then the results recorded, the message rescheduled, expired or
     /// bounced.
     pub async fn deliver_message(&self, id: QueueId) {
-        let queue = &self.parts.queue;
-        let mut envelope = match queue.call(move |q| q.envelope(id)).await {
+        let envelope = match self.parts.queue.call(move |q| q.envelope(id)).await {
             Ok(Some(e)) => e,
             Ok(None) => return, // removed meanwhile
             Err(e) => {
@@ -366,6 +432,16 @@ impl Scheduler {
                 return;
             }
         };
+        if let Some(finished) = self.attempt(envelope).await {
+            self.save(vec![finished]).await;
+        }
+    }
+
+    /// [`Scheduler::deliver_message`] with the envelope already read, up to the results:
+    /// what to store, or `None` to leave the message as it is.
+    async fn attempt(&self, mut envelope: Envelope) -> Option<Finished> {
+        let queue = &self.parts.queue;
+        let id = envelope.id;
         let content = Content::new(queue.clone(), id);
         let before: Vec<RecipientState> = envelope.recipients.iter().map(|r| r.state).collect();
         let maybe_done = self.maybe_done(&envelope);
@@ -424,21 +500,50 @@ impl Scheduler {
             .collect();
         if !failed.is_empty() && !self.bounce(&envelope, &failed).await {
             // Keep the message as it was: it is tried (and bounced) again later.
+            return None;
+        }
+        Some(Finished {
+            envelope,
+            remote_delivered,
+        })
+    }
+
+    /// Records the results of finished attempts: one store call for all of them, then,
+    /// if one delivered to a remote peer, a flush. Only a remote delivery must be on disk
+    /// soon: forgetting it in a crash would send the message to the peer again. A
+    /// forgotten local delivery is harmless (the Maildir name finds the earlier copy), and
+    /// sled's own flush follows within 2 s.
+    async fn save(&self, finished: Vec<Finished>) {
+        if finished.is_empty() {
             return;
         }
-        let update = envelope.clone();
-        if let Err(e) = queue.call(move |q| q.update(&update)).await {
-            self.unsaved.store(true, Ordering::SeqCst);
-            warn!(queue_id = %id, error = %e, "cannot record delivery results; will retry");
-            return;
-        }
-        // Only a remote delivery must be on disk before we go on: forgetting it in a crash
-        // would send the message to the peer again. A forgotten local delivery is harmless
-        // (the Maildir name finds the earlier copy), and sled's own flush follows within 2 s.
-        if remote_delivered {
-            if let Err(e) = queue.sync().await {
+        let remote = finished.iter().any(|f| f.remote_delivered);
+        let failures = self
+            .parts
+            .queue
+            .call(move |q| Ok(update_all(q, &finished)))
+            .await;
+        self.saved(failures, remote).await;
+    }
+
+    /// Reports what [`update_all`] could not record, and flushes if `remote`.
+    async fn saved(&self, failures: Result<Vec<(QueueId, String)>, QueueError>, remote: bool) {
+        match failures {
+            Ok(failures) => {
+                for (id, e) in &failures {
+                    self.unsaved.store(true, Ordering::SeqCst);
+                    warn!(queue_id = %id, error = %e, "cannot record delivery results; will retry");
+                }
+            }
+            Err(e) => {
                 self.unsaved.store(true, Ordering::SeqCst);
-                warn!(queue_id = %id, error = %e, "cannot flush delivery results");
+                warn!(error = %e, "cannot record delivery results; will retry");
+            }
+        }
+        if remote {
+            if let Err(e) = self.parts.queue.sync().await {
+                self.unsaved.store(true, Ordering::SeqCst);
+                warn!(error = %e, "cannot flush delivery results");
             }
         }
     }
@@ -657,6 +762,27 @@ impl Scheduler {
             }
         }
     }
+}
+
+/// The results of one attempt, to be stored.
+struct Finished {
+    /// The envelope with each recipient's new state and the next due time.
+    envelope: Envelope,
+    /// A remote peer accepted it for some recipient (must be on disk soon).
+    remote_delivered: bool,
+}
+
+/// Stores the results of `finished` attempts (blocking); the ones that failed, with why.
+fn update_all(queue: &Queue, finished: &[Finished]) -> Vec<(QueueId, String)> {
+    finished
+        .iter()
+        .filter_map(|f| {
+            queue
+                .update(&f.envelope)
+                .err()
+                .map(|e| (f.envelope.id, e.to_string()))
+        })
+        .collect()
 }
 
 /// The header section at the start of `message` (up to and including the blank line).

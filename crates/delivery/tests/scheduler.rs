@@ -473,3 +473,62 @@ async fn concurrency_and_sessions_per_destination_are_limits() {
         "deliveries do run in parallel"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_run_loop_records_every_result_once() {
+    // The first job fails for now; the rest are delivered.
+    let local = FakeSink::scripted([temporary()]);
+    let config = SchedulerConfig {
+        concurrency: 4,
+        ..config()
+    };
+    let w = world(local, FakeSink::scripted([]), config).await;
+    for i in 0..20 {
+        w.queue_message("alice@local", &[&format!("u{i}@local")]);
+    }
+    let queue = w.queue.clone();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let local = w.local.clone();
+    let running = tokio::spawn(w.scheduler.run(stop_rx));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while queue.len() > 1 || local.seen().len() < 20 {
+        assert!(std::time::Instant::now() < deadline, "not all attempted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The clock stands still: the deferred message waits for its retry, nothing is tried
+    // twice.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop_tx.send(true).unwrap();
+    running.await.unwrap();
+    assert_eq!(local.seen().len(), 20);
+    let left = queue.list().unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].recipients[0].attempts, 1);
+    assert_eq!(left[0].recipients[0].state, RecipientState::Pending);
+    assert_eq!(left[0].next_due, Some(T0 + 60));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_in_flight_at_shutdown_are_recorded() {
+    let w = world(
+        FakeSink::holding(Duration::from_millis(300)),
+        FakeSink::scripted([]),
+        config(),
+    )
+    .await;
+    for i in 0..3 {
+        w.queue_message("alice@local", &[&format!("u{i}@local")]);
+    }
+    let queue = w.queue.clone();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let local = w.local.clone();
+    let running = tokio::spawn(w.scheduler.run(stop_rx));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while local.seen().len() < 3 {
+        assert!(std::time::Instant::now() < deadline, "not all started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop_tx.send(true).unwrap();
+    running.await.unwrap();
+    assert!(queue.is_empty(), "{:?}", queue.list().unwrap());
+}
