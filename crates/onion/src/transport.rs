@@ -1,23 +1,29 @@
 //! The arti client and the onion service: bootstrap, offline identity, launch with inbound
-//! streams to virtual port 25, and isolated outbound connections.
+//! streams to virtual port 25, isolated outbound connections, and the repairs of the
+//! self-probe (a relaunch of the service, a new client on the same state folder).
+//!
+//! Ownership: the transport is the only long-lived holder of the Tor client. Outbound
+//! attempts and probes borrow it for their duration; the running service is owned by one
+//! [`InboundStreams`] and everything else sees it through a weak [`ServiceStatus`]. A
+//! relaunch therefore only has to drop the `InboundStreams`, and a rebuild finds arti's lock
+//! files free once the old client's background tasks have noticed that it is gone.
 
+use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Duration;
+use std::sync::{Arc, RwLock, Weak};
+use std::time::{Duration, Instant};
 
-use arti_client::config::onion_service::OnionServiceConfigBuilder;
 use arti_client::{IsolationToken, StreamPrefs, TorClient};
 use futures::{Stream, StreamExt};
 use safelog::DisplayRedacted;
 use tor_cell::relaycell::msg::{Connected, End, EndReason};
-use tor_hsservice::{HsNickname, RunningOnionService, StreamRequest};
+use tor_hsservice::{RunningOnionService, StreamRequest};
 use tor_proto::stream::IncomingStreamRequest;
 use tor_rtcompat::PreferredRuntime;
 use tracing::{debug, info, warn};
 
 use crate::attempt::{self, Failure, Isolation};
-use crate::config::{client_config, OnionSettings};
+use crate::config::{client_config, service_config, OnionSettings};
 use crate::DataStream;
 
 /// How long an outbound attempt may go without a stream before a fresh one starts beside it
@@ -47,16 +53,7 @@ pub enum OnionError {
     },
 }
 
-fn service_config(
-    settings: &OnionSettings,
-) -> Result<tor_hsservice::OnionServiceConfig, OnionError> {
-    let nickname = HsNickname::new(settings.nickname.clone())
-        .map_err(|e| OnionError::Config(format!("onion service nickname: {e}")))?;
-    OnionServiceConfigBuilder::default()
-        .nickname(nickname)
-        .build()
-        .map_err(|e| OnionError::Config(format!("onion service: {e}")))
-}
+type Client = Arc<TorClient<PreferredRuntime>>;
 
 /// Our onion address (`<56 chars>.onion`), creating the identity key in arti's keystore if
 /// there is none yet. Offline: touches no network.
@@ -72,16 +69,18 @@ pub fn onion_address(settings: &OnionSettings) -> Result<String, OnionError> {
     Ok(address)
 }
 
-/// The bootstrapped Tor client, shared by the onion service and outbound delivery.
+/// The Tor client, shared by the onion service and outbound delivery. The client inside can
+/// be replaced ([`OnionTransport::rebuild`]); callers never hold it.
 pub struct OnionTransport {
-    client: Arc<TorClient<PreferredRuntime>>,
+    client: RwLock<Option<Client>>,
     settings: OnionSettings,
     isolation: Isolation,
 }
 
-/// Accepted streams to our virtual port 25. Keeps the service running while it lives.
+/// Accepted streams to our virtual port 25. The only owner of the running service: it stops
+/// (publishing, introductions) when this is dropped; sessions already open go on.
 pub struct InboundStreams {
-    _service: Arc<RunningOnionService>,
+    service: Arc<RunningOnionService>,
     requests: Pin<Box<dyn Stream<Item = StreamRequest> + Send>>,
 }
 
@@ -107,32 +106,35 @@ impl InboundStreams {
         }
         None
     }
+
+    /// A handle on the service's state that does not keep it running.
+    pub fn status(&self) -> ServiceStatus {
+        ServiceStatus(Arc::downgrade(&self.service))
+    }
 }
 
-/// A handle on the running onion service's state, for `smtorp status`.
-#[derive(Clone)]
-pub struct ServiceStatus(Arc<RunningOnionService>);
+/// A weak handle on the running onion service's state, for `smtorp status`.
+#[derive(Clone, Default)]
+pub struct ServiceStatus(Weak<RunningOnionService>);
 
 impl ServiceStatus {
-    /// arti's view of the service (`Running`, `DegradedUnreachable`, ...). On a young
-    /// network it lags reachability; it is informative only.
-    pub fn state(&self) -> String {
-        format!("{:?}", self.0.status().state())
+    /// arti's view of the service (`Running`, `DegradedUnreachable`, ...), or `None` if the
+    /// service is not running. On a young network it lags reachability: informative only.
+    pub fn state(&self) -> Option<String> {
+        self.0
+            .upgrade()
+            .map(|s| format!("{:?}", s.status().state()))
     }
 }
 
-impl InboundStreams {
-    /// A handle on the service's state that lives independently of this stream.
-    pub fn status(&self) -> ServiceStatus {
-        ServiceStatus(self._service.clone())
-    }
-}
-
-impl Stream for InboundStreams {
-    type Item = StreamRequest;
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<StreamRequest>> {
-        self.requests.as_mut().poll_next(cx)
-    }
+/// How a rebuild of the Tor client went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rebuilt {
+    /// arti's lock files (state and directory cache) were free when the new client started,
+    /// so it owns them; otherwise it starts read-only and takes them over once released.
+    pub locks_free: bool,
+    /// How long it waited for them.
+    pub waited: Duration,
 }
 
 impl OnionTransport {
@@ -144,17 +146,34 @@ impl OnionTransport {
             .map_err(|e| OnionError::Bootstrap(format!("{e}")))?;
         info!("Tor client bootstrapped");
         Ok(OnionTransport {
-            client,
+            client: RwLock::new(Some(client)),
             settings,
             isolation: Isolation::default(),
         })
     }
 
-    /// Launches the onion service; returns our address and the stream of accepted
-    /// connections to port 25. Status changes are logged; none of them is fatal.
+    /// The current client, if there is one (not while it is being rebuilt).
+    pub(crate) fn client(&self) -> Option<Client> {
+        self.client
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The settings this transport was made with.
+    pub fn settings(&self) -> &OnionSettings {
+        &self.settings
+    }
+
+    /// Launches the onion service on the current client; returns our address and the stream
+    /// of accepted connections to port 25. Status changes are logged; none of them is fatal.
+    /// Fails while an earlier service of ours still holds its state folder (after a drop,
+    /// its tasks take a moment to end): try again.
     pub fn launch(&self) -> Result<(String, InboundStreams), OnionError> {
-        let launched = self
-            .client
+        let client = self
+            .client()
+            .ok_or_else(|| OnionError::Launch("the Tor client is being rebuilt".into()))?;
+        let launched = client
             .launch_onion_service(service_config(&self.settings)?)
             .map_err(|e| OnionError::Launch(format!("{e}")))?;
         let Some((service, rend_requests)) = launched else {
@@ -169,6 +188,7 @@ impl OnionTransport {
         let mut events = service.status_events();
         tokio::spawn(async move {
             let mut last = None;
+            // Ends when the service is dropped.
             while let Some(status) = events.next().await {
                 let state = format!("{:?}", status.state());
                 if last.as_ref() != Some(&state) {
@@ -182,15 +202,70 @@ impl OnionTransport {
         Ok((
             address,
             InboundStreams {
-                _service: service,
+                service,
                 requests: Box::pin(requests),
             },
         ))
     }
 
-    /// arti's bootstrap status, in words.
-    pub fn bootstrap_status(&self) -> String {
-        self.client.bootstrap_status().to_string()
+    /// arti's bootstrap status, in words, and whether it is ready for traffic.
+    pub fn bootstrap_status(&self) -> (String, bool) {
+        match self.client() {
+            Some(client) => {
+                let status = client.bootstrap_status();
+                (status.to_string(), status.ready_for_traffic())
+            }
+            None => ("the Tor client is being rebuilt".into(), false),
+        }
+    }
+
+    /// Replaces the Tor client with a new one on the same state and cache folders (same
+    /// keys, same address). The caller must have dropped the onion service first.
+    ///
+    /// arti lets one client own those folders (lock files); a second one runs read-only
+    /// until the first lets go: it neither saves its guards nor downloads the directory
+    /// itself. So the old client is dropped first, and the new one is made once its lock
+    /// files are free, or after `lock_wait` (the old client's tasks notice within about a
+    /// minute that it is gone). Until then outbound connections fail as temporary (mail
+    /// waits in the queue). The new client bootstraps in the background, from its cache at
+    /// once if the cached directory is still usable.
+    pub async fn rebuild(&self, lock_wait: Duration) -> Result<Rebuilt, OnionError> {
+        let old = self
+            .client
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let strong_elsewhere = old.as_ref().map(|c| Arc::strong_count(c) - 1).unwrap_or(0);
+        drop(old);
+        if strong_elsewhere > 0 {
+            info!(
+                holders = strong_elsewhere,
+                "the old Tor client is still in use by connections in progress"
+            );
+        }
+        let started = Instant::now();
+        let locks = [
+            self.settings.state_dir.join("state.lock"),
+            self.settings.cache_dir.join("dir.lock"),
+        ];
+        let locks_free = wait_for_locks(&locks, lock_wait).await;
+        let waited = started.elapsed();
+        let config = client_config(&self.settings)?;
+        let client = TorClient::builder()
+            .config(config)
+            .create_unbootstrapped()
+            .map_err(|e| OnionError::Bootstrap(format!("{e}")))?;
+        let bootstrapping = client.clone();
+        tokio::spawn(async move {
+            match bootstrapping.bootstrap().await {
+                Ok(()) => info!("the new Tor client is bootstrapped"),
+                Err(e) => {
+                    warn!(error = %e, "the new Tor client could not bootstrap yet; it keeps trying on demand")
+                }
+            }
+        });
+        *self.client.write().unwrap_or_else(|p| p.into_inner()) = Some(client);
+        Ok(Rebuilt { locks_free, waited })
     }
 
     /// Opens a stream to `<domain>:port` (an onion domain), isolated per domain. A failed
@@ -206,12 +281,18 @@ impl OnionTransport {
                 ),
             });
         }
+        let Some(client) = self.client() else {
+            return Err(OnionError::Connect {
+                temporary: true,
+                message: "the Tor client is being rebuilt".into(),
+            });
+        };
         let timeout = self.settings.connect_timeout;
         let fresh_after = FRESH_ATTEMPT_AFTER.min(timeout / 2);
         let attempt = |token: IsolationToken| {
             let mut prefs = StreamPrefs::new();
             prefs.set_isolation(token);
-            let client = &self.client;
+            let client = &client;
             async move { client.connect_with_prefs((domain, port), &prefs).await }
         };
         match attempt::connect(&self.isolation, domain, fresh_after, timeout, attempt).await {
@@ -234,5 +315,46 @@ impl OnionTransport {
                 message: format!("onion connection timed out after {} s", timeout.as_secs()),
             }),
         }
+    }
+}
+
+/// Waits until nobody holds any of these lock files (arti's `fslock-guard` locks), polling
+/// for at most `limit`; true if they all came free.
+async fn wait_for_locks(paths: &[PathBuf], limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        let free = paths.iter().all(|p| lock_is_free(p));
+        if free || Instant::now() >= deadline {
+            return free;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// True if we could take the lock (and released it at once), or the file does not exist.
+fn lock_is_free(path: &std::path::Path) -> bool {
+    if !path.exists() {
+        return true;
+    }
+    matches!(fslock_guard::LockFileGuard::try_lock(path), Ok(Some(_)))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn a_held_lock_is_waited_for_and_a_free_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.lock");
+        let guard = fslock_guard::LockFileGuard::try_lock(&path)
+            .unwrap()
+            .unwrap();
+        let t0 = Instant::now();
+        assert!(!wait_for_locks(std::slice::from_ref(&path), Duration::from_millis(600)).await);
+        assert!(t0.elapsed() >= Duration::from_millis(600));
+        drop(guard);
+        assert!(wait_for_locks(&[path, dir.path().join("missing.lock")], Duration::ZERO).await);
     }
 }
