@@ -7,6 +7,7 @@ mod attempt;
 mod config;
 mod import;
 mod probe;
+mod rotate;
 mod transport;
 
 pub use config::{client_config, service_config, Defences, OnionSettings};

@@ -27,8 +27,8 @@ pub struct Probed {
 /// Why a probe failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProbeError {
-    /// There is no Tor client to probe with (bootstrap or rebuild in progress).
-    #[error("no Tor client: {0}")]
+    /// Tor is not ready (bootstrap or rebuild in progress), with arti's bootstrap status.
+    #[error("Tor is not ready: {0}")]
     NoClient(String),
     /// The connection failed.
     #[error("connection failed: {0}")]

@@ -2,15 +2,19 @@
 //! streams to virtual port 25, isolated outbound connections, and the repairs of the
 //! self-probe (a relaunch of the service, a new client on the same state folder).
 //!
-//! Ownership: the transport is the only long-lived holder of the Tor client. Outbound
-//! attempts and probes borrow it for their duration; the running service is owned by one
-//! [`InboundStreams`] and everything else sees it through a weak [`ServiceStatus`]. A
-//! relaunch therefore only has to drop the `InboundStreams`, and a rebuild finds arti's lock
-//! files free once the old client's background tasks have noticed that it is gone.
+//! Ownership. Each Tor client runs on a tokio runtime of its own (a "generation"), and the
+//! transport is the only long-lived holder of both: outbound attempts and probes borrow
+//! the client for their duration, the running service is owned by one [`InboundStreams`]
+//! and everything else sees it through a weak [`ServiceStatus`]. Dropping a client is not
+//! enough to free arti's lock files, because some of arti's tasks outlive it (a dropped
+//! service's proof-of-work manager loops forever and keeps the client's directory manager
+//! with it: module `rotate`); shutting the generation's runtime down drops every one of
+//! them, so the next client owns the state and cache folders instead of running
+//! read-only beside a leftover.
 
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use arti_client::{IsolationToken, StreamPrefs, TorClient};
@@ -24,6 +28,7 @@ use tracing::{debug, info, warn};
 
 use crate::attempt::{self, Failure, Isolation};
 use crate::config::{client_config, service_config, OnionSettings};
+use crate::rotate;
 use crate::DataStream;
 
 /// How long an outbound attempt may go without a stream before a fresh one starts beside it
@@ -70,11 +75,88 @@ pub fn onion_address(settings: &OnionSettings) -> Result<String, OnionError> {
 }
 
 /// The Tor client, shared by the onion service and outbound delivery. The client inside can
-/// be replaced ([`OnionTransport::rebuild`]); callers never hold it.
+/// be replaced ([`OnionTransport::rebuild`]); callers never keep it.
 pub struct OnionTransport {
-    client: RwLock<Option<Client>>,
+    generation: RwLock<Option<Generation>>,
+    /// Generations made so far (names the runtimes' threads).
+    made: Mutex<u64>,
+    /// The rotation of the service's nickname in use (module `rotate`; 0: its own).
+    rotation: Mutex<u32>,
     settings: OnionSettings,
     isolation: Isolation,
+}
+
+/// A Tor client and the runtime its tasks run on; dropping it shuts the runtime down
+/// without waiting (every task of that client is dropped).
+struct Generation {
+    client: Option<Client>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+/// The message of a tokio timer used after its runtime was shut down.
+const SHUT_DOWN: &str = "being shutdown";
+
+/// Keeps the panics of arti's leftover threads out of the log: when a generation's runtime
+/// is shut down, the blocking threads of a service's proof-of-work manager (which loop
+/// forever) find their timer gone and panic, which is how they end. Every other panic is
+/// reported as before.
+fn quiet_shutdown_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let ours = std::thread::current()
+                .name()
+                .is_some_and(|n| n.starts_with("arti-"));
+            let text = info
+                .payload()
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            if ours && text.contains(SHUT_DOWN) {
+                debug!("a task of a replaced Tor client ended with its runtime");
+                return;
+            }
+            previous(info);
+        }));
+    });
+}
+
+impl Generation {
+    /// A new runtime and an unbootstrapped client on it (it bootstraps on demand).
+    fn new(settings: &OnionSettings, number: u64) -> Result<Generation, OnionError> {
+        quiet_shutdown_panics();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name(format!("arti-{number}"))
+            .enable_all()
+            .build()
+            .map_err(|e| OnionError::Bootstrap(format!("cannot start a runtime for Tor: {e}")))?;
+        let client = {
+            let _inside = runtime.enter();
+            let handle = PreferredRuntime::current()
+                .map_err(|e| OnionError::Bootstrap(format!("runtime: {e}")))?;
+            TorClient::with_runtime(handle)
+                .config(client_config(settings)?)
+                .create_unbootstrapped()
+                .map_err(|e| OnionError::Bootstrap(format!("{e}")))?
+        };
+        Ok(Generation {
+            client: Some(client),
+            runtime: Some(runtime),
+        })
+    }
+}
+
+impl Drop for Generation {
+    fn drop(&mut self) {
+        drop(self.client.take());
+        if let Some(runtime) = self.runtime.take() {
+            // Allowed in async code, unlike a plain drop; blocking threads end on their own.
+            runtime.shutdown_background();
+        }
+    }
 }
 
 /// Accepted streams to our virtual port 25. The only owner of the running service: it stops
@@ -138,15 +220,23 @@ pub struct Rebuilt {
 }
 
 impl OnionTransport {
-    /// Creates the Tor client and bootstraps it (fetches the consensus).
+    /// Creates the Tor client (on a runtime of its own) and bootstraps it (fetches the
+    /// consensus). Removes what earlier relaunches left (module `rotate`).
     pub async fn bootstrap(settings: OnionSettings) -> Result<OnionTransport, OnionError> {
-        let config = client_config(&settings)?;
-        let client = TorClient::create_bootstrapped(config)
-            .await
-            .map_err(|e| OnionError::Bootstrap(format!("{e}")))?;
+        rotate::remove_rotated(&settings);
+        let generation = Generation::new(&settings, 1)?;
+        let client = generation.client.clone();
+        if let Some(client) = client {
+            client
+                .bootstrap()
+                .await
+                .map_err(|e| OnionError::Bootstrap(format!("{e}")))?;
+        }
         info!("Tor client bootstrapped");
         Ok(OnionTransport {
-            client: RwLock::new(Some(client)),
+            generation: RwLock::new(Some(generation)),
+            made: Mutex::new(1),
+            rotation: Mutex::new(0),
             settings,
             isolation: Isolation::default(),
         })
@@ -154,10 +244,11 @@ impl OnionTransport {
 
     /// The current client, if there is one (not while it is being rebuilt).
     pub(crate) fn client(&self) -> Option<Client> {
-        self.client
+        self.generation
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .as_ref()
+            .and_then(|g| g.client.clone())
     }
 
     /// The settings this transport was made with.
@@ -167,14 +258,42 @@ impl OnionTransport {
 
     /// Launches the onion service on the current client; returns our address and the stream
     /// of accepted connections to port 25. Status changes are logged; none of them is fatal.
-    /// Fails while an earlier service of ours still holds its state folder (after a drop,
-    /// its tasks take a moment to end): try again.
-    pub fn launch(&self) -> Result<(String, InboundStreams), OnionError> {
+    ///
+    /// If an earlier service of this client still holds the nickname's state after
+    /// `lock_wait` (arti 0.47 with proof-of-work never lets go of it), the service is
+    /// launched under the next rotated nickname, with a copy of the same identity key: the
+    /// address does not change (module `rotate`).
+    pub async fn launch(
+        &self,
+        lock_wait: Duration,
+    ) -> Result<(String, InboundStreams), OnionError> {
+        let current = *self.rotation.lock().unwrap_or_else(|p| p.into_inner());
+        let mut nickname = rotate::rotated(&self.settings.nickname, current);
+        let lock = rotate::instance_lock(&self.settings, &nickname);
+        if !wait_for_locks(&[lock], lock_wait).await {
+            let next = current + 1;
+            nickname = rotate::rotated(&self.settings.nickname, next);
+            warn!(
+                held = %rotate::rotated(&self.settings.nickname, current),
+                nickname = %nickname,
+                "the previous onion service still holds its state (arti keeps its proof-of-work task); launching under a new nickname with the same key"
+            );
+            rotate::copy_identity(&self.settings, &nickname)?;
+            *self.rotation.lock().unwrap_or_else(|p| p.into_inner()) = next;
+        }
+        self.launch_as(&nickname)
+    }
+
+    fn launch_as(&self, nickname: &str) -> Result<(String, InboundStreams), OnionError> {
         let client = self
             .client()
             .ok_or_else(|| OnionError::Launch("the Tor client is being rebuilt".into()))?;
+        let settings = OnionSettings {
+            nickname: nickname.to_owned(),
+            ..self.settings.clone()
+        };
         let launched = client
-            .launch_onion_service(service_config(&self.settings)?)
+            .launch_onion_service(service_config(&settings)?)
             .map_err(|e| OnionError::Launch(format!("{e}")))?;
         let Some((service, rend_requests)) = launched else {
             return Err(OnionError::Launch(
@@ -224,47 +343,50 @@ impl OnionTransport {
     ///
     /// arti lets one client own those folders (lock files); a second one runs read-only
     /// until the first lets go: it neither saves its guards nor downloads the directory
-    /// itself. So the old client is dropped first, and the new one is made once its lock
-    /// files are free, or after `lock_wait` (the old client's tasks notice within about a
-    /// minute that it is gone). Until then outbound connections fail as temporary (mail
-    /// waits in the queue). The new client bootstraps in the background, from its cache at
-    /// once if the cached directory is still usable.
+    /// itself. So the old generation's runtime is shut down first (every task of the old
+    /// client and of its services is dropped; streams still open on it end), and the new
+    /// client is made once the lock files are free, or after `lock_wait`. Meanwhile
+    /// outbound connections fail as temporary (mail waits in the queue). The new client
+    /// bootstraps in the background, from its cache at once if the cached directory is
+    /// still usable; the service goes back to its own nickname.
     pub async fn rebuild(&self, lock_wait: Duration) -> Result<Rebuilt, OnionError> {
         let old = self
-            .client
+            .generation
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        let strong_elsewhere = old.as_ref().map(|c| Arc::strong_count(c) - 1).unwrap_or(0);
         drop(old);
-        if strong_elsewhere > 0 {
-            info!(
-                holders = strong_elsewhere,
-                "the old Tor client is still in use by connections in progress"
-            );
-        }
         let started = Instant::now();
-        let locks = [
-            self.settings.state_dir.join("state.lock"),
+        let mut locks = vec![
+            self.settings.state_dir.join("state").join("state.lock"),
             self.settings.cache_dir.join("dir.lock"),
         ];
+        let rotation = *self.rotation.lock().unwrap_or_else(|p| p.into_inner());
+        locks.extend((0..=rotation).map(|n| {
+            rotate::instance_lock(&self.settings, &rotate::rotated(&self.settings.nickname, n))
+        }));
         let locks_free = wait_for_locks(&locks, lock_wait).await;
         let waited = started.elapsed();
-        let config = client_config(&self.settings)?;
-        let client = TorClient::builder()
-            .config(config)
-            .create_unbootstrapped()
-            .map_err(|e| OnionError::Bootstrap(format!("{e}")))?;
-        let bootstrapping = client.clone();
-        tokio::spawn(async move {
-            match bootstrapping.bootstrap().await {
-                Ok(()) => info!("the new Tor client is bootstrapped"),
-                Err(e) => {
-                    warn!(error = %e, "the new Tor client could not bootstrap yet; it keeps trying on demand")
+        if locks_free {
+            *self.rotation.lock().unwrap_or_else(|p| p.into_inner()) = 0;
+            rotate::remove_rotated(&self.settings);
+        }
+        let number = {
+            let mut made = self.made.lock().unwrap_or_else(|p| p.into_inner());
+            *made += 1;
+            *made
+        };
+        let generation = Generation::new(&self.settings, number)?;
+        if let (Some(client), Some(runtime)) = (generation.client.clone(), &generation.runtime) {
+            // On the generation's own runtime: it goes with it.
+            runtime.spawn(async move {
+                match client.bootstrap().await {
+                    Ok(()) => info!("the new Tor client is bootstrapped"),
+                    Err(e) => warn!(error = %e, "the new Tor client could not bootstrap yet; it keeps trying on demand"),
                 }
-            }
-        });
-        *self.client.write().unwrap_or_else(|p| p.into_inner()) = Some(client);
+            });
+        }
+        *self.generation.write().unwrap_or_else(|p| p.into_inner()) = Some(generation);
         Ok(Rebuilt { locks_free, waited })
     }
 

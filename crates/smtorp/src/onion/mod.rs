@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::Context;
 use smtorp_onion::{Defences, InboundStreams, OnionError, OnionSettings, OnionTransport};
 use tokio::sync::{mpsc, watch, OnceCell};
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 use self::health::{Health, Repair};
 use self::probe::RepairRequest;
@@ -51,12 +51,6 @@ pub(crate) fn defences(settings: &Settings) -> Defences {
         max_streams_per_circuit: onion.max_streams_per_circuit,
     }
 }
-
-/// How long a relaunch keeps trying while the old service's tasks let go of its state.
-const LAUNCH_WAIT: Duration = Duration::from_secs(60);
-/// How long a rebuild waits for the old client to let go of arti's lock files (its state
-/// task notices within about a minute that the client is gone).
-const LOCK_WAIT: Duration = Duration::from_secs(90);
 
 fn hostname_file(settings: &Settings) -> PathBuf {
     settings.config.data_dir.join("onion").join("hostname")
@@ -101,20 +95,15 @@ fn set_mode(path: &std::path::Path, mode: u32) -> anyhow::Result<()> {
         .with_context(|| format!("cannot set the mode of {}", path.display()))
 }
 
-/// Launches the service, retrying for up to [`LAUNCH_WAIT`] while the previous one still
-/// holds its state folder.
+/// How long a launch waits for a dropped service to let go of its state before it uses a
+/// rotated nickname (same key, same address; `smtorp_onion` module `rotate`).
+const RELEASE_WAIT: Duration = Duration::from_secs(10);
+/// How long a rebuild waits for the old client's lock files once its runtime is shut down.
+const LOCK_WAIT: Duration = Duration::from_secs(30);
+
+/// Launches the service on the transport's current client.
 async fn launch(transport: &OnionTransport) -> Result<(String, InboundStreams), OnionError> {
-    let deadline = tokio::time::Instant::now() + LAUNCH_WAIT;
-    loop {
-        match transport.launch() {
-            Ok(launched) => return Ok(launched),
-            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
-            Err(e) => {
-                debug!(error = %e, "onion service not launched yet; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-    }
+    transport.launch(RELEASE_WAIT).await
 }
 
 /// Carries out a repair: drops the service (sessions in progress go on), rebuilds the
