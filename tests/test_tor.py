@@ -8,6 +8,7 @@ Readiness of an onion service is a real connection or delivery, never arti's sta
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -26,11 +27,12 @@ def tornet_bin() -> Path:
     return binary_path().parent / "tornet"
 
 
-@pytest.fixture(scope="module")
-def tornet(tmp_path_factory):
+@contextlib.contextmanager
+def private_network(net: Path):
+    """A private Tor network in `net` (`tornet up`), taken down after (`down` also thaws a
+    frozen one); nothing of it may survive."""
     if shutil.which("tor") is None:
         pytest.fail("Debian's tor is not installed (scripts/setup-debian installs it)")
-    net = tmp_path_factory.mktemp("tornet")
     up = subprocess.run([str(tornet_bin()), "up", str(net)], capture_output=True, timeout=240)
     try:
         assert up.returncode == 0, f"tornet up failed:\n{up.stdout.decode()}\n{up.stderr.decode()}"
@@ -39,9 +41,14 @@ def tornet(tmp_path_factory):
     finally:
         down = subprocess.run([str(tornet_bin()), "down", str(net)], capture_output=True, timeout=120)
         assert down.returncode == 0, down.stderr.decode()
-        # Nothing of this network may survive the tests.
         left = subprocess.run(["pgrep", "-f", str(net)], capture_output=True)
         assert left.stdout.strip() == b"", f"tor processes left: {left.stdout!r}"
+
+
+@pytest.fixture(scope="module")
+def tornet(tmp_path_factory):
+    with private_network(tmp_path_factory.mktemp("tornet")) as net:
+        yield net
 
 
 class OnionServer(Server):
@@ -88,11 +95,12 @@ class OnionServer(Server):
         raise AssertionError(f"onion service not launched within {timeout}s:\n{self.log()}")
 
 
-@pytest.fixture(scope="module")
-def pair(tornet, tmp_path_factory):
+@contextlib.contextmanager
+def running_pair(kind, network: Path, tmp_path_factory):
+    """Servers A (alice) and B (bob) of class `kind` on `network`, started; killed after."""
     binary = binary_path()
-    a = OnionServer(binary, tmp_path_factory.mktemp("A"), tornet / "arti.toml", ["alice"])
-    b = OnionServer(binary, tmp_path_factory.mktemp("B"), tornet / "arti.toml", ["bob"])
+    a = kind(binary, tmp_path_factory.mktemp("A"), network / "arti.toml", ["alice"])
+    b = kind(binary, tmp_path_factory.mktemp("B"), network / "arti.toml", ["bob"])
     try:
         a.start()
         b.start()
@@ -101,6 +109,34 @@ def pair(tornet, tmp_path_factory):
         for s in (a, b):
             if s.proc is not None:
                 s.kill()
+
+
+@pytest.fixture(scope="module")
+def pair(tornet, tmp_path_factory):
+    with running_pair(OnionServer, tornet, tmp_path_factory) as servers:
+        yield servers
+
+
+def swaks_through_c_tor(network: Path, domain: str, rcpt: str, subject: str,
+                        timeout: float = TOR_TIMEOUT) -> subprocess.CompletedProcess:
+    """swaks through torsocks and the network's C tor client to `domain`:25, retried until
+    it succeeds or `timeout` passes (C tor may need a moment for the descriptor); the last
+    run. The sender is at an onion that does not sign (a signing peer's would be refused)."""
+    socks_port = (network / "socks_port").read_text().strip()
+    # swaks looks up the machine's own host name at start; through torsocks that lookup
+    # would go to Tor as an exit request, which an onion-only network cannot answer. In a
+    # private UTS namespace the host name is "localhost", which torsocks answers itself.
+    cmd = ["unshare", "--uts", "sh", "-c", 'hostname localhost && exec "$@"', "sh",
+           "torsocks", "-P", socks_port, "swaks", "--server", domain, "--port", "25",
+           "--from", f"carol@{make_onion()}", "--to", rcpt,
+           "--header", f"Subject: {subject}", "--body", "Classic tools still work.",
+           "--timeout", "60"]
+    deadline = time.monotonic() + timeout
+    while True:
+        last = subprocess.run(cmd, capture_output=True, timeout=120)
+        if last.returncode == 0 or time.monotonic() > deadline:
+            return last
+        time.sleep(2)
 
 
 def submit(server: Server, sender: str, rcpt: str, subject: str, body: str = "Hello over Tor.\n"):
@@ -156,23 +192,7 @@ def test_classic_client_through_c_tor_reaches_the_onion_service(pair, tornet):
     """The seed's own test: torsocks + swaks through the network's C tor client."""
     a, b = pair
     assert shutil.which("torsocks") and shutil.which("swaks")
-    socks_port = (tornet / "socks_port").read_text().strip()
-    # swaks looks up the machine's own host name at start; through torsocks that lookup
-    # would go to Tor as an exit request, which an onion-only network cannot answer. In a
-    # private UTS namespace the host name is "localhost", which torsocks answers itself.
-    cmd = ["unshare", "--uts", "sh", "-c", 'hostname localhost && exec "$@"', "sh",
-           "torsocks", "-P", socks_port, "swaks", "--server", a.domain, "--port", "25",
-           # A sender at an onion that does not sign (B signs: A would refuse it unsigned).
-           "--from", f"carol@{make_onion()}", "--to", f"alice@{a.domain}",
-           "--header", "Subject: via torsocks", "--body", "Classic tools still work.",
-           "--timeout", "60"]
-    last = None
-    deadline = time.monotonic() + TOR_TIMEOUT
-    while time.monotonic() < deadline:  # C tor may need a moment for the descriptor
-        last = subprocess.run(cmd, capture_output=True, timeout=120)
-        if last.returncode == 0:
-            break
-        time.sleep(2)
+    last = swaks_through_c_tor(tornet, a.domain, f"alice@{a.domain}", "via torsocks")
     out = last.stdout.decode(errors="replace")
     assert last.returncode == 0, out + last.stderr.decode(errors="replace")
     assert "250 2.0.0 Ok: queued as" in out

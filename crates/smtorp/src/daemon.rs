@@ -21,6 +21,7 @@ use crate::config::layout;
 use crate::config::SenderAuth;
 use crate::config::Settings;
 use crate::intake::bounce::DsnBouncer;
+use crate::intake::headers::unix_now;
 use crate::intake::space::DiskSpace;
 use crate::intake::Intake;
 use crate::listen::handler::Shared;
@@ -32,8 +33,9 @@ use crate::policy::{Directory, KnownPeers, OnionSidePolicy, SenderRules};
 
 /// How long a peer may take to answer one SMTP command (RFC 5321 4.5.3.2 suggests 5 min).
 const REMOTE_COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
-/// Sessions to one destination at once.
-const SESSIONS_PER_DESTINATION: usize = 4;
+/// Sessions to one destination at once (all on one circuit: `[onion] max_streams_per_circuit`
+/// may not be lower).
+pub(crate) const SESSIONS_PER_DESTINATION: usize = 4;
 
 /// The bouncer, once the intake it queues through exists.
 struct LateBouncer(Arc<OnceCell<Arc<DsnBouncer>>>);
@@ -147,16 +149,21 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
         domain: directory.primary_domain().to_owned(),
     });
     let _ = bouncer_cell.set(bouncer.clone());
-    let service_status = Arc::new(OnceCell::new());
+    let onion_config = &settings.config.onion;
+    let health = Arc::new(onion::health::Health::new(
+        onion::defences(&settings),
+        onion_config.probe_interval,
+        onion_config.probe_failures,
+    ));
     let admin = Arc::new(Admin {
         queue: queue.clone(),
         bouncer,
         scheduler: Some(handle),
         remote: Some(remote),
         transport: onion_enabled.then(|| transport.clone()),
-        service: onion_enabled.then(|| service_status.clone()),
+        health: onion_enabled.then(|| health.clone()),
         address: onion.clone(),
-        started: Some(std::time::Instant::now()),
+        started: Some((std::time::Instant::now(), unix_now())),
         peers,
     });
     let mut tasks = tokio::task::JoinSet::new();
@@ -207,12 +214,29 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     // The submission port (STARTTLS + AUTH), bound before "ready" too.
     crate::listen::submission::spawn(&settings, &directory, &intake, &mut tasks, &stop_rx).await?;
-    if onion_enabled {
+    if let (true, Some(address)) = (onion_enabled, onion.clone()) {
+        // The supervisor owns the service and carries out the repairs the probe asks for.
+        let (repair_tx, repair_rx) = tokio::sync::mpsc::channel(1);
         tasks.spawn(onion::serve(
             settings.clone(),
             factory.clone(),
             transport.clone(),
-            service_status.clone(),
+            address.clone(),
+            health.clone(),
+            repair_rx,
+            stop_rx.clone(),
+        ));
+        let probe = onion::probe::ProbeConfig {
+            interval: onion_config.probe_interval,
+            timeout: onion_config.probe_timeout,
+            failures: onion_config.probe_failures,
+        };
+        tasks.spawn(onion::probe::run(
+            probe,
+            address,
+            health.clone(),
+            transport.clone(),
+            repair_tx,
             stop_rx.clone(),
         ));
     }

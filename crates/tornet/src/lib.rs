@@ -163,6 +163,13 @@ pub fn down_dir(dir: &Path) -> Result<DownReport, TornetError> {
     stop_procs(processes_in(dir)?)
 }
 
+/// Freezes (SIGSTOP) every tor daemon recorded in `dir`, or thaws it (SIGCONT) with
+/// `frozen = false`: the whole network goes silent, as when the machine loses its
+/// connection, and comes back where it was. Returns the nodes signalled.
+pub fn freeze_dir(dir: &Path, frozen: bool) -> Result<Vec<String>, TornetError> {
+    process::freeze(&processes_in(dir)?, frozen)
+}
+
 /// Stops the live ones of `procs`.
 fn stop_procs(procs: Vec<TorProcess>) -> Result<DownReport, TornetError> {
     let alive: Vec<TorProcess> = procs.into_iter().filter(TorProcess::is_alive).collect();

@@ -3,6 +3,7 @@
 //! ```text
 //! tornet up DIR [--timeout SECS]   # keys, torrcs, daemons; waits for the consensus
 //! tornet status DIR
+//! tornet freeze DIR | thaw DIR     # SIGSTOP / SIGCONT every daemon (a network outage)
 //! tornet down DIR
 //! ```
 
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use smtorp_tornet::{down_dir, status, Options, TorNet};
+use smtorp_tornet::{down_dir, freeze_dir, status, Options, TorNet};
 
 /// Private Tor network (3 authorities, 5 relays, 1 C tor client) on 127.0.0.1 for tests.
 #[derive(Debug, Parser)]
@@ -36,6 +37,16 @@ enum Cmd {
     },
     /// Stop every daemon of the network in DIR (SIGTERM, then SIGKILL) and wait until gone.
     Down {
+        /// The network directory.
+        dir: PathBuf,
+    },
+    /// Freeze every daemon of the network in DIR (SIGSTOP): an outage of the whole network.
+    Freeze {
+        /// The network directory.
+        dir: PathBuf,
+    },
+    /// Resume the daemons of a frozen network (SIGCONT).
+    Thaw {
         /// The network directory.
         dir: PathBuf,
     },
@@ -89,6 +100,16 @@ async fn main() -> anyhow::Result<()> {
                     format!(" (SIGKILL needed for {})", report.killed.join(", "))
                 }
             );
+        }
+        Cmd::Freeze { dir } => {
+            let nodes = freeze_dir(&dir, true)
+                .with_context(|| format!("freezing the network in {}", dir.display()))?;
+            println!("froze {} tor daemons (SIGSTOP)", nodes.len());
+        }
+        Cmd::Thaw { dir } => {
+            let nodes = freeze_dir(&dir, false)
+                .with_context(|| format!("thawing the network in {}", dir.display()))?;
+            println!("thawed {} tor daemons (SIGCONT)", nodes.len());
         }
         Cmd::Status { dir } => {
             let st = status(&dir)

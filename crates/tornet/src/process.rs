@@ -33,22 +33,45 @@ impl TorProcess {
 
 /// True while `pid` is a live (non-zombie) process whose command line contains `torrc`.
 pub fn is_tor_of(pid: u32, torrc: &Path) -> bool {
+    state_of(pid, torrc).is_some_and(|state| state != "Z" && state != "X")
+}
+
+/// The process state letter (`R`, `S`, `T` for stopped, `Z`, ...) of `pid` if its command
+/// line contains `torrc`.
+fn state_of(pid: u32, torrc: &Path) -> Option<String> {
     let proc_dir = PathBuf::from(format!("/proc/{pid}"));
-    let Ok(cmdline) = std::fs::read(proc_dir.join("cmdline")) else {
-        return false;
-    };
+    let cmdline = std::fs::read(proc_dir.join("cmdline")).ok()?;
     let want = torrc.as_os_str().as_encoded_bytes();
     if !cmdline.split(|b| *b == 0).any(|arg| arg == want) {
-        return false;
+        return None;
     }
-    match std::fs::read_to_string(proc_dir.join("stat")) {
-        // The state follows the parenthesised command name.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_ascii_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
+    let stat = std::fs::read_to_string(proc_dir.join("stat")).ok()?;
+    // The state follows the parenthesised command name.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_ascii_whitespace().next())
+        .map(str::to_owned)
+}
+
+/// Freezes (SIGSTOP) or thaws (SIGCONT) the live processes and waits, at most 5 s, until
+/// each is stopped or no longer stopped. Returns the names of those signalled. A frozen
+/// tor keeps its sockets open (the kernel still accepts data for it) but answers nothing:
+/// to its peers it looks like a network that went silent.
+pub(crate) fn freeze(procs: &[TorProcess], frozen: bool) -> Result<Vec<String>, TornetError> {
+    let alive: Vec<&TorProcess> = procs.iter().filter(|p| p.is_alive()).collect();
+    let pids: Vec<u32> = alive.iter().map(|p| p.pid).collect();
+    send(if frozen { "STOP" } else { "CONT" }, &pids)?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let done = alive.iter().all(|p| {
+            let state = state_of(p.pid, &p.torrc);
+            state.is_none() || (state.as_deref() == Some("T")) == frozen
+        });
+        if done || Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
+    Ok(alive.into_iter().map(|p| p.name.clone()).collect())
 }
 
 /// The last `n` lines of a text file (empty if it cannot be read).
@@ -158,6 +181,8 @@ fn wait_gone(procs: &[TorProcess], limit: Duration) -> Vec<TorProcess> {
 pub(crate) fn stop(procs: &[TorProcess], grace: Duration) -> Result<Vec<String>, TornetError> {
     let alive: Vec<TorProcess> = procs.iter().filter(|p| p.is_alive()).cloned().collect();
     let pids: Vec<u32> = alive.iter().map(|p| p.pid).collect();
+    // A frozen daemon would act on SIGTERM only once thawed.
+    send("CONT", &pids)?;
     send("TERM", &pids)?;
     let stubborn = wait_gone(&alive, grace);
     if stubborn.is_empty() {
@@ -210,6 +235,43 @@ mod tests {
         let _ = child.wait();
         // Idempotent.
         assert!(stop(&[p], Duration::from_millis(100)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn freeze_and_thaw_stop_and_resume_a_process() {
+        let marker = PathBuf::from(format!("/tmp/tornet-freeze-{}/torrc", std::process::id()));
+        /// Kills the shell even when an assertion fails (it holds the test's stdout).
+        struct Reaper(std::process::Child);
+        impl Drop for Reaper {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let child = Reaper(stubborn(&marker));
+        let p = TorProcess {
+            name: "sleeper".into(),
+            pid: child.0.id(),
+            torrc: marker,
+        };
+        // Until the shell has started, its command line is not ours yet.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !p.is_alive() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            freeze(std::slice::from_ref(&p), true).unwrap(),
+            vec!["sleeper"]
+        );
+        assert_eq!(state_of(p.pid, &p.torrc).as_deref(), Some("T"));
+        assert!(p.is_alive(), "a frozen process is alive");
+        freeze(std::slice::from_ref(&p), false).unwrap();
+        assert_ne!(state_of(p.pid, &p.torrc).as_deref(), Some("T"));
+        // Frozen again, it is still stopped by `stop` (which thaws it first).
+        freeze(std::slice::from_ref(&p), true).unwrap();
+        stop(std::slice::from_ref(&p), Duration::from_millis(300)).unwrap();
+        assert!(!p.is_alive());
+        drop(child);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub(crate) mod control;
 pub(crate) mod queue_cmd;
+pub(crate) mod status;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,14 +13,18 @@ use serde::{Deserialize, Serialize};
 use smtorp_delivery::{
     Bouncer, FailedRecipient, FailureReport, RemoteDelivery, Reply, SchedulerHandle, Stats,
 };
-use smtorp_onion::{OnionTransport, ServiceStatus};
+use smtorp_onion::OnionTransport;
 use smtorp_queue::{Envelope, Origin, Queue, QueueId, RecipientState};
 use tokio::sync::OnceCell;
 use tracing::info;
 
 use crate::intake::bounce::DsnBouncer;
 use crate::intake::headers::{split_header, unix_now};
+use crate::onion::health::Health;
 use crate::policy::KnownPeers;
+
+pub(crate) use self::status::StatusReport;
+use self::status::{DestinationStatus, QueueFacts};
 
 /// A request (the JSON line sent over the control socket).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -70,48 +75,9 @@ pub(crate) enum Answer {
     /// How many messages a retry or delete touched.
     Count(usize),
     /// For `Status`.
-    Status(StatusReport),
+    Status(Box<StatusReport>),
     /// For `ForgetPeer`: whether the peer was known.
     Forgotten(bool),
-}
-
-/// What `smtorp status` shows.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub(crate) struct StatusReport {
-    /// True when a daemon answered.
-    pub(crate) daemon_running: bool,
-    /// Seconds since the daemon started.
-    pub(crate) uptime_secs: Option<u64>,
-    /// Our onion address, if any.
-    pub(crate) onion_address: Option<String>,
-    /// arti's bootstrap status, when the onion service is on.
-    pub(crate) tor: Option<String>,
-    /// arti's view of the onion service.
-    pub(crate) onion_service: Option<String>,
-    /// Messages in the queue.
-    pub(crate) messages: usize,
-    /// Recipients waiting for a first attempt.
-    pub(crate) recipients_new: usize,
-    /// Recipients deferred after a failed attempt.
-    pub(crate) recipients_deferred: usize,
-    /// Recipients delivered since start (daemon only).
-    pub(crate) delivered_since_start: Option<u64>,
-    /// Attempts deferred since start (daemon only).
-    pub(crate) deferred_since_start: Option<u64>,
-    /// Recipients failed since start (daemon only).
-    pub(crate) failed_since_start: Option<u64>,
-    /// Outbound SMTP connections opened since start (daemon only).
-    pub(crate) connections_since_start: Option<u64>,
-    /// False while the queue's store does not answer (a full disk, a hung device).
-    #[serde(default = "yes")]
-    pub(crate) queue_available: bool,
-    /// Peers known to authenticate their mail (XONIONAUTH).
-    #[serde(default)]
-    pub(crate) known_peers: usize,
-}
-
-fn yes() -> bool {
-    true
 }
 
 /// Runs administrative requests against a queue.
@@ -126,12 +92,12 @@ pub(crate) struct Admin {
     pub(crate) remote: Option<Arc<RemoteDelivery>>,
     /// The Tor client, once bootstrapped (daemon only).
     pub(crate) transport: Option<Arc<OnceCell<Arc<OnionTransport>>>>,
-    /// The onion service, once launched (daemon only).
-    pub(crate) service: Option<Arc<OnceCell<ServiceStatus>>>,
+    /// The onion service and its self-probe (daemon only, onion on).
+    pub(crate) health: Option<Arc<Health>>,
     /// Our onion address.
     pub(crate) address: Option<String>,
-    /// When the daemon started (daemon only).
-    pub(crate) started: Option<Instant>,
+    /// When the daemon started, monotonic and in Unix seconds (daemon only).
+    pub(crate) started: Option<(Instant, u64)>,
     /// The peers known to authenticate their mail.
     pub(crate) peers: Arc<KnownPeers>,
 }
@@ -239,7 +205,7 @@ impl Admin {
                 info!(queue_id = %id, bounced = bounce, "deleted from the queue");
                 Ok(Answer::Count(usize::from(removed)))
             }
-            Request::Status => Ok(Answer::Status(self.status().await)),
+            Request::Status => Ok(Answer::Status(Box::new(self.status().await))),
             Request::ForgetPeer { onion } => {
                 let onion = onion.trim().trim_end_matches('.').to_ascii_lowercase();
                 smtorp_smtp::Onion::parse(&onion).map_err(|e| format!("{onion}: {e}"))?;
@@ -254,41 +220,58 @@ impl Admin {
         let listed = self.queue.call(|q| q.list()).await;
         let queue_available = listed.is_ok();
         let list = listed.unwrap_or_default();
-        let pending = list
-            .iter()
-            .flat_map(|e| &e.recipients)
-            .filter(|r| r.state == RecipientState::Pending);
-        let (new, deferred) = pending.fold((0, 0), |(n, d), r| {
-            if r.attempts == 0 {
-                (n + 1, d)
-            } else {
-                (n, d + 1)
-            }
-        });
+        let now = unix_now();
+        let q = QueueFacts::of(&list, now);
         let count = |f: fn(&Stats) -> &std::sync::atomic::AtomicU64| {
             self.scheduler
                 .as_ref()
                 .map(|s| f(s.stats()).load(std::sync::atomic::Ordering::Relaxed))
         };
+        let tor = self.transport.as_ref().map(|cell| match cell.get() {
+            Some(t) => t.bootstrap_status(),
+            None => ("not bootstrapped yet".into(), false),
+        });
+        let destinations = self
+            .scheduler
+            .as_ref()
+            .map(|s| s.destinations(now))
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|d| {
+                let (at, reply) = d.last_error?;
+                Some(DestinationStatus {
+                    name: d.name,
+                    last_error_at: at,
+                    last_error: reply.to_string(),
+                    held_until: d.down_until,
+                })
+            })
+            .collect();
         StatusReport {
             daemon_running: self.started.is_some(),
-            uptime_secs: self.started.map(|s| s.elapsed().as_secs()),
+            started_at: self.started.map(|(_, at)| at),
+            uptime_secs: self.started.map(|(s, _)| s.elapsed().as_secs()),
             onion_address: self.address.clone(),
-            tor: self.transport.as_ref().map(|cell| match cell.get() {
-                Some(t) => t.bootstrap_status(),
-                None => "not bootstrapped yet".into(),
+            tor_ready: tor.as_ref().map(|(_, ready)| *ready),
+            tor: tor.map(|(text, _)| text),
+            onion_service: self.health.as_ref().map(|h| {
+                h.service_state()
+                    .unwrap_or_else(|| "not running (being launched)".into())
             }),
-            onion_service: self.service.as_ref().map(|cell| match cell.get() {
-                Some(s) => s.state(),
-                None => "not launched yet".into(),
-            }),
-            messages: list.len(),
-            recipients_new: new,
-            recipients_deferred: deferred,
+            probe: self.health.as_ref().map(|h| h.report()),
+            defences: self.health.as_ref().map(|h| h.defences()),
+            messages: q.messages,
+            active_messages: q.active,
+            oldest_active_secs: q.oldest_active,
+            deferred_messages: q.deferred,
+            oldest_deferred_secs: q.oldest_deferred,
+            recipients_new: q.recipients_new,
+            recipients_deferred: q.recipients_deferred,
             delivered_since_start: count(|s| &s.delivered),
             deferred_since_start: count(|s| &s.deferred),
             failed_since_start: count(|s| &s.failed),
             connections_since_start: self.remote.as_ref().map(|r| r.connections_opened()),
+            destinations,
             queue_available,
             known_peers: self.peers.count(),
         }

@@ -9,6 +9,7 @@ use anyhow::bail;
 use smtorp_queue::{Envelope, RecipientState};
 
 use crate::admin::control;
+use crate::admin::status;
 use crate::admin::{Admin, Answer, Request, StatusReport};
 use crate::config::layout;
 use crate::config::Settings;
@@ -23,6 +24,35 @@ pub(crate) fn run(settings: &Arc<Settings>, request: Request) -> anyhow::Result<
     if let Some(answer) = control::ask(&settings.control_socket(), &request)? {
         return Ok(answer);
     }
+    run_here(settings, request)
+}
+
+/// `smtorp status`'s facts: from the daemon, or from the store when none runs; with no
+/// daemon and a store that cannot be opened, a report that says so.
+pub(crate) fn status(settings: &Arc<Settings>) -> anyhow::Result<StatusReport> {
+    let answer = match control::ask(&settings.control_socket(), &Request::Status)? {
+        Some(answer) => answer,
+        None => match run_here(settings, Request::Status) {
+            Ok(answer) => answer,
+            Err(e) => {
+                eprintln!("smtorp: {e:#}");
+                return Ok(StatusReport {
+                    daemon_running: false,
+                    onion_address: layout::onion_address(settings),
+                    queue_available: false,
+                    ..StatusReport::default()
+                });
+            }
+        },
+    };
+    match answer {
+        Answer::Status(report) => Ok(*report),
+        _ => bail!("the daemon answered something else than a status"),
+    }
+}
+
+/// Runs `request` on the store itself (no daemon runs).
+fn run_here(settings: &Arc<Settings>, request: Request) -> anyhow::Result<Answer> {
     let queue = Arc::new(daemon::open_queue(settings)?);
     let address = layout::onion_address(settings);
     let directory = Arc::new(Directory::new(settings.clone(), address.as_deref()));
@@ -52,7 +82,7 @@ pub(crate) fn run(settings: &Arc<Settings>, request: Request) -> anyhow::Result<
         scheduler: None,
         remote: None,
         transport: None,
-        service: None,
+        health: None,
         address,
         started: None,
         peers,
@@ -65,15 +95,7 @@ pub(crate) fn run(settings: &Arc<Settings>, request: Request) -> anyhow::Result<
         .map_err(|e| anyhow::anyhow!(e))
 }
 
-/// "3m", "2h", "4d": a short age.
-fn age(secs: u64) -> String {
-    match secs {
-        s if s < 120 => format!("{s}s"),
-        s if s < 7200 => format!("{}m", s / 60),
-        s if s < 172_800 => format!("{}h", s / 3600),
-        s => format!("{}d", s / 86400),
-    }
-}
+use crate::admin::status::age_text as age;
 
 fn state(s: RecipientState) -> &'static str {
     match s {
@@ -173,44 +195,19 @@ pub(crate) fn print(answer: Answer) -> anyhow::Result<()> {
 }
 
 fn print_status(s: &StatusReport) {
-    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-    say!(
-        "daemon:           {}",
-        if s.daemon_running {
-            "running"
-        } else {
-            "not running"
-        }
+    let verdict = status::evaluate(
+        s,
+        status::Thresholds {
+            deferred_age: DEFAULT_DEFERRED_AGE,
+        },
     );
-    if let Some(up) = s.uptime_secs {
-        say!("uptime:           {}", age(up));
+    for line in status::lines(s, &verdict, unix_now()) {
+        say!("{line}");
     }
-    say!("onion address:    {}", opt(&s.onion_address));
-    if s.daemon_running {
-        say!("tor:              {}", opt(&s.tor));
-        say!("onion service:    {}", opt(&s.onion_service));
-    }
-    say!("queued messages:  {}", s.messages);
-    say!(
-        "recipients:       {} new, {} deferred",
-        s.recipients_new,
-        s.recipients_deferred
-    );
-    if let (Some(d), Some(f), Some(r)) = (
-        s.delivered_since_start,
-        s.failed_since_start,
-        s.deferred_since_start,
-    ) {
-        say!("since start:      {d} delivered, {f} failed, {r} deferred attempts");
-    }
-    if let Some(c) = s.connections_since_start {
-        say!("outbound:         {c} connections opened since start");
-    }
-    say!(
-        "known peers:      {} (authenticate their mail)",
-        s.known_peers
-    );
 }
+
+/// `smtorp status`'s default for `--deferred-age`.
+pub(crate) const DEFAULT_DEFERRED_AGE: std::time::Duration = std::time::Duration::from_secs(86400);
 
 /// Checks a queue id argument early, with a clear message.
 pub(crate) fn check_id(id: &str) -> anyhow::Result<()> {

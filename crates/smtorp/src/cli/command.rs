@@ -70,9 +70,18 @@ enum Command {
         #[arg(long)]
         keep: Option<PathBuf>,
     },
-    /// Show the daemon's state: Tor and the onion service, queue sizes, deliveries since
-    /// start (works with the daemon running or stopped).
-    Status,
+    /// Show the daemon's health: Tor, the onion service and its self-probe, the queue,
+    /// deliveries since start and the last error per destination (works with the daemon
+    /// running or stopped). Exits 0 healthy, 1 degraded, 2 down, 3 unknown (Nagios).
+    Status {
+        /// Print the facts and the verdict as one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Deferred mail older than this makes the server "degraded" (e.g. 12h, 3d; 0:
+        /// never).
+        #[arg(long, value_name = "AGE", default_value = "1d", value_parser = humantime_serde::re::humantime::parse_duration)]
+        deferred_age: std::time::Duration,
+    },
     /// Inspect and manage the queue (works with the daemon running or stopped).
     Queue {
         #[command(subcommand)]
@@ -277,11 +286,47 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             let settings = Arc::new(load(cli.config.as_deref())?);
             queue_cmd::print(queue_cmd::run(&settings, Request::ForgetPeer { onion })?)
         }
-        Command::Status => {
-            let settings = Arc::new(load(cli.config.as_deref())?);
-            queue_cmd::print(queue_cmd::run(&settings, Request::Status)?)
+        Command::Status { .. } => anyhow::bail!("internal: status is dispatched before"),
+    }
+}
+
+/// `smtorp status`: the report and its verdict as the exit code (0 healthy, 1 degraded, 2
+/// down; 3 unknown when there is no report at all, e.g. a broken configuration).
+fn status_main(
+    config_path: Option<&std::path::Path>,
+    json: bool,
+    deferred_age: std::time::Duration,
+) -> ExitCode {
+    use crate::admin::status::{evaluate, lines, StatusJson, Thresholds};
+    let report = load(config_path)
+        .map(Arc::new)
+        .and_then(|settings| queue_cmd::status(&settings));
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("smtorp: {e:#}");
+            return ExitCode::from(3);
+        }
+    };
+    let verdict = evaluate(&report, Thresholds { deferred_age });
+    if json {
+        let out = StatusJson {
+            report: &report,
+            health: &verdict,
+        };
+        match serde_json::to_string_pretty(&out) {
+            Ok(text) => say!("{text}"),
+            Err(e) => {
+                eprintln!("smtorp: {e}");
+                return ExitCode::from(3);
+            }
+        }
+    } else {
+        for line in lines(&report, &verdict, crate::intake::headers::unix_now()) {
+            say!("{line}");
         }
     }
+    ExitCode::from(verdict.code)
 }
 
 /// `Command::Sendmail` is dispatched in `main` before `real_main` (it has its own exit codes).
@@ -314,6 +359,9 @@ pub fn main() -> ExitCode {
     };
     if let Command::Sendmail { args } = &cli.command {
         return sendmail_main(cli.config.clone(), args);
+    }
+    if let Command::Status { json, deferred_age } = &cli.command {
+        return status_main(cli.config.as_deref(), *json, *deferred_age);
     }
     match real_main(cli) {
         Ok(()) => ExitCode::SUCCESS,

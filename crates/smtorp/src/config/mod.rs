@@ -68,15 +68,39 @@ pub(crate) struct OnionConfig {
     /// A C tor `hs_ed25519_secret_key` (or the imported key) to sign our mail with when the
     /// onion service is run by C tor (`enabled = false`); empty: none.
     pub(crate) key_file: String,
+    /// Proof-of-work defence of our service (clients that solved a bigger puzzle first).
+    pub(crate) pow: bool,
+    /// Introductions per second each introduction point passes on (0: none sent).
+    pub(crate) intro_rate: u32,
+    /// Introductions an introduction point passes on in one burst.
+    pub(crate) intro_burst: u32,
+    /// Streams one rendezvous circuit may open at once; past it, the circuit is closed.
+    pub(crate) max_streams_per_circuit: u32,
+    /// How often the daemon connects to its own onion address (with random jitter).
+    #[serde(with = "humantime_serde")]
+    pub(crate) probe_interval: Duration,
+    /// How long one self-probe may take.
+    #[serde(with = "humantime_serde")]
+    pub(crate) probe_timeout: Duration,
+    /// Failed self-probes in a row before a repair (and before `status` says "down").
+    pub(crate) probe_failures: u32,
 }
 
 impl Default for OnionConfig {
     fn default() -> Self {
+        let defences = smtorp_onion::Defences::default();
         OnionConfig {
             enabled: true,
             arti_config: String::new(),
             connect_timeout: Duration::from_secs(120),
             key_file: String::new(),
+            pow: defences.pow,
+            intro_rate: defences.intro_rate,
+            intro_burst: defences.intro_burst,
+            max_streams_per_circuit: defences.max_streams_per_circuit,
+            probe_interval: Duration::from_secs(600),
+            probe_timeout: Duration::from_secs(120),
+            probe_failures: 3,
         }
     }
 }
@@ -422,6 +446,37 @@ fn check_user_name(key: &str, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The `[onion]` defences and the self-probe.
+fn check_onion(onion: &OnionConfig) -> anyhow::Result<()> {
+    let own = crate::daemon::SESSIONS_PER_DESTINATION;
+    if (onion.max_streams_per_circuit as usize) < own {
+        bail!(
+            "onion.max_streams_per_circuit: must be at least {own}, the sessions smtorp itself \
+             opens to one peer on one circuit (arti closes the whole circuit past the limit)"
+        );
+    }
+    if onion.intro_rate == 0 && onion.intro_burst != 0 {
+        bail!("onion.intro_burst: needs onion.intro_rate (0 sends no limit at all)");
+    }
+    if onion.intro_rate > 0 && onion.intro_burst < onion.intro_rate {
+        bail!("onion.intro_burst: must be at least onion.intro_rate");
+    }
+    // The DoS parameters of the introduction protocol are 31-bit numbers.
+    if onion.intro_burst > i32::MAX as u32 {
+        bail!("onion.intro_burst: at most {}", i32::MAX);
+    }
+    if onion.probe_interval < Duration::from_secs(1) {
+        bail!("onion.probe_interval: at least 1 s");
+    }
+    if onion.probe_timeout < Duration::from_secs(1) {
+        bail!("onion.probe_timeout: at least 1 s");
+    }
+    if onion.probe_failures == 0 {
+        bail!("onion.probe_failures: at least 1");
+    }
+    Ok(())
+}
+
 /// Semantic checks on a parsed configuration; errors name the key.
 pub(crate) fn check(config: Config) -> anyhow::Result<Settings> {
     if config.delivery.retry_after.is_empty() {
@@ -481,6 +536,7 @@ pub(crate) fn check(config: Config) -> anyhow::Result<Settings> {
     if !config.local.maildir.contains("{user}") {
         bail!("local.maildir: must contain {{user}}");
     }
+    check_onion(&config.onion)?;
     if config.data_dir.as_os_str().is_empty() {
         bail!("data_dir: must not be empty");
     }
@@ -588,6 +644,55 @@ mod tests {
         assert!(check(c).unwrap_err().to_string().contains("local.aliases"));
         let c = parse("[smtp]\nlisten = [\"localhost:25\"]\n").unwrap();
         assert!(check(c).unwrap_err().to_string().contains("smtp.listen"));
+    }
+
+    #[test]
+    fn the_onion_keys_reach_arti_s_service_configuration() {
+        let c = parse(
+            "[onion]\npow = false\nintro_rate = 5\nintro_burst = 50\nmax_streams_per_circuit = 6\n",
+        )
+        .unwrap();
+        let s = check(c).unwrap();
+        let service = smtorp_onion::service_config(&crate::onion::onion_settings(&s)).unwrap();
+        assert!(!*service.enable_pow());
+        assert_eq!(
+            format!("{:?}", service.rate_limit_at_intro()),
+            "Some(TokenBucketConfig { rate: 5, burst: 50 })"
+        );
+        assert_eq!(*service.max_concurrent_streams_per_circuit(), 6);
+        // The defaults: proof-of-work on, a limit at the introduction points, 8 streams.
+        let s = check(Config::default()).unwrap();
+        let service = smtorp_onion::service_config(&crate::onion::onion_settings(&s)).unwrap();
+        assert!(*service.enable_pow());
+        assert_eq!(
+            format!("{:?}", service.rate_limit_at_intro()),
+            "Some(TokenBucketConfig { rate: 25, burst: 200 })"
+        );
+        assert_eq!(*service.max_concurrent_streams_per_circuit(), 8);
+    }
+
+    #[test]
+    fn onion_limits_are_checked() {
+        let bad = |text: &str, key: &str| {
+            let e = check(parse(text).unwrap()).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        };
+        bad(
+            "[onion]\nmax_streams_per_circuit = 3\n",
+            "onion.max_streams_per_circuit",
+        );
+        bad(
+            "[onion]\nintro_rate = 10\nintro_burst = 5\n",
+            "onion.intro_burst",
+        );
+        bad(
+            "[onion]\nintro_rate = 0\nintro_burst = 5\n",
+            "onion.intro_burst",
+        );
+        bad("[onion]\nprobe_failures = 0\n", "onion.probe_failures");
+        bad("[onion]\nprobe_interval = \"0s\"\n", "onion.probe_interval");
+        // No limit at the introduction points at all is allowed.
+        check(parse("[onion]\nintro_rate = 0\nintro_burst = 0\n").unwrap()).unwrap();
     }
 
     #[test]

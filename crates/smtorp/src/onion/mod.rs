@@ -1,8 +1,12 @@
 //! The onion side of the daemon: our onion address (kept in arti's keystore under data_dir,
-//! mirrored to `onion/hostname`), bootstrapping arti, publishing the SMTP onion service and
-//! running a session on every stream that reaches virtual port 25.
+//! mirrored to `onion/hostname`), bootstrapping arti, publishing the SMTP onion service,
+//! running a session on every stream that reaches virtual port 25, and the repairs the
+//! self-probe (`probe.rs`) asks for. The supervisor here is the only owner of the running
+//! service: a relaunch or a rebuild replaces it without anything else holding the old one.
 
 pub(crate) mod connector;
+pub(crate) mod health;
+pub(crate) mod probe;
 
 use std::fs;
 use std::path::PathBuf;
@@ -10,9 +14,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use smtorp_onion::{OnionSettings, OnionTransport, ServiceStatus};
-use tokio::sync::{watch, OnceCell};
+use smtorp_onion::{Defences, InboundStreams, OnionError, OnionSettings, OnionTransport};
+use tokio::sync::{mpsc, watch, OnceCell};
 use tracing::{error, info, warn};
+
+use self::health::{Health, Repair};
+use self::probe::RepairRequest;
 
 use crate::config::Settings;
 use crate::listen::{stopped, turn_away, Guarded, SessionFactory};
@@ -30,6 +37,18 @@ pub(crate) fn onion_settings(settings: &Settings) -> OnionSettings {
         arti_config: (!arti_config.is_empty()).then(|| PathBuf::from(arti_config)),
         nickname: NICKNAME.into(),
         connect_timeout: settings.config.onion.connect_timeout,
+        defences: defences(settings),
+    }
+}
+
+/// The `[onion]` defences.
+pub(crate) fn defences(settings: &Settings) -> Defences {
+    let onion = &settings.config.onion;
+    Defences {
+        pow: onion.pow,
+        intro_rate: onion.intro_rate,
+        intro_burst: onion.intro_burst,
+        max_streams_per_circuit: onion.max_streams_per_circuit,
     }
 }
 
@@ -109,13 +128,86 @@ fn set_mode(path: &std::path::Path, mode: u32) -> anyhow::Result<()> {
         .with_context(|| format!("cannot set the mode of {}", path.display()))
 }
 
+/// How long a launch waits for a dropped service to let go of its state before it uses a
+/// rotated nickname (same key, same address; `smtorp_onion` module `rotate`).
+const RELEASE_WAIT: Duration = Duration::from_secs(10);
+/// How long a rebuild waits for the old client's lock files once its runtime is shut down.
+const LOCK_WAIT: Duration = Duration::from_secs(30);
+
+/// Launches the service on the transport's current client.
+async fn launch(transport: &OnionTransport) -> Result<(String, InboundStreams), OnionError> {
+    transport.launch(RELEASE_WAIT).await
+}
+
+/// Carries out a repair: drops the service (sessions in progress go on), rebuilds the
+/// client if asked, and launches the service again with the same key.
+async fn repair(
+    transport: &OnionTransport,
+    streams: &mut Option<InboundStreams>,
+    health: &Health,
+    address: &str,
+    action: Repair,
+    reason: &str,
+) -> Result<String, String> {
+    *streams = None;
+    let mut done = Vec::new();
+    match action {
+        Repair::Relaunch => warn!(
+            reason,
+            "repair: relaunching the onion service (same key, same address)"
+        ),
+        Repair::Rebuild => {
+            warn!(
+                reason,
+                "repair: rebuilding the Tor client on the same state folder (same key, same address); outbound connections wait for it"
+            );
+            let rebuilt = transport
+                .rebuild(LOCK_WAIT)
+                .await
+                .map_err(|e| e.to_string())?;
+            if rebuilt.locks_free {
+                done.push(format!(
+                    "new Tor client (took over arti's state after {:.0} s)",
+                    rebuilt.waited.as_secs_f64()
+                ));
+            } else {
+                warn!(
+                    waited = rebuilt.waited.as_secs(),
+                    "repair: the old Tor client still holds arti's lock files; the new one runs read-only until they are released"
+                );
+                done.push("new Tor client (read-only until the old one lets go)".into());
+            }
+        }
+    }
+    let (launched, new_streams) = launch(transport).await.map_err(|e| e.to_string())?;
+    if launched != address {
+        // The key is read from the same keystore: this cannot happen; say so loudly.
+        error!(expected = %address, got = %launched, "repair: the relaunched service has another address");
+    }
+    health.set_service(new_streams.status());
+    *streams = Some(new_streams);
+    done.push("onion service relaunched".into());
+    Ok(done.join(", "))
+}
+
+/// The next stream, or never while no service runs.
+async fn next_stream(streams: &mut Option<InboundStreams>) -> Option<smtorp_onion::DataStream> {
+    match streams {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Bootstraps arti (retrying on failure), publishes the onion service and serves SMTP on
-/// every accepted stream until shutdown. Puts the transport into `cell` for outbound use.
+/// every accepted stream until shutdown; carries out the repairs the self-probe asks for.
+/// Puts the transport into `cell` for outbound use.
 pub(crate) async fn serve(
     settings: Arc<Settings>,
     factory: Arc<SessionFactory<Guarded<OnionSidePolicy>>>,
     cell: Arc<OnceCell<Arc<OnionTransport>>>,
-    service: Arc<OnceCell<ServiceStatus>>,
+    address: String,
+    health: Arc<Health>,
+    mut repairs: mpsc::Receiver<RepairRequest>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let started = std::time::Instant::now();
@@ -140,23 +232,27 @@ pub(crate) async fn serve(
         "Tor bootstrapped"
     );
     let _ = cell.set(transport.clone());
-    let (address, mut streams) = match transport.launch() {
-        Ok(x) => x,
+    let mut streams = match launch(&transport).await {
+        Ok((launched, streams)) => {
+            health.set_service(streams.status());
+            info!(address = %launched, seconds = started.elapsed().as_secs_f64(), "onion service launched (SMTP on port 25)");
+            Some(streams)
+        }
         Err(e) => {
-            error!(error = %e, "cannot launch the onion service; only outbound mail works");
-            return;
+            error!(error = %e, "cannot launch the onion service; only outbound mail works until a repair");
+            None
         }
     };
-    let _ = service.set(streams.status());
-    info!(address = %address, seconds = started.elapsed().as_secs_f64(), "onion service launched (SMTP on port 25)");
     let session_stop = shutdown.clone();
     let mut sessions = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
-            next = streams.next() => {
+            next = next_stream(&mut streams) => {
                 let Some(stream) = next else {
+                    // The self-probe notices and relaunches it.
                     warn!("the onion service stopped");
-                    break;
+                    streams = None;
+                    continue;
                 };
                 // The same fair places as every listener: a newcomer may take an idle
                 // session's place; 421 only when every session is busy.
@@ -168,6 +264,15 @@ pub(crate) async fn serve(
                 sessions.spawn(async move {
                     factory.run_session(stream, None, slot, stop).await;
                 });
+            }
+            Some(request) = repairs.recv() => {
+                let RepairRequest { action, reason, done } = request;
+                let work = repair(&transport, &mut streams, &health, &address, action, &reason);
+                let outcome = tokio::select! {
+                    outcome = work => outcome,
+                    _ = stopped(&mut shutdown) => break,
+                };
+                let _ = done.send(outcome);
             }
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
             _ = stopped(&mut shutdown) => break,
