@@ -186,8 +186,8 @@ def crash_before_flush(server: Server, attempts: int = 8) -> tuple[str, str]:
     in new/, then SIGKILL) before sled's background flush (every 2 s) records the delivery,
     so the queue entry is still pending and is tried again at the next start. Whether we
     were fast enough is checked, not assumed: `queue list` (the daemon is down, it opens the
-    store itself) must still show the recipient pending. Otherwise another message is tried
-    (bounded). Returns (queue id, X-Test-Id); the daemon is left stopped."""
+    store itself) must still show the recipient pending, and its spool file must be there.
+    Otherwise another message is tried (bounded). Returns (queue id, X-Test-Id); the daemon is left stopped."""
     new = server.maildir_path("alice") / "new"
     for _ in range(attempts):
         test_id = uuid.uuid4().hex
@@ -198,10 +198,14 @@ def crash_before_flush(server: Server, attempts: int = 8) -> tuple[str, str]:
             time.sleep(0.001)
         os.kill(server.pid, signal.SIGSTOP)  # freezes sled's flusher thread too
         server.kill()
+        # The content must still be there too: once the delivery's result is stored, the
+        # spool file goes at once (the store's record of it only at the next flush), and
+        # recovery then drops an envelope whose content is gone (it was delivered).
+        spool = server.data_dir / "queue" / "spool" / queue_id
         listing = server.queue_list().stdout.decode()
-        if re.search(rf"^{queue_id} .*\(pending, ", listing, re.M):
+        if spool.exists() and re.search(rf"^{queue_id} .*\(pending, ", listing, re.M):
             return queue_id, test_id
-        server.start()  # the flush won this time: the delivery is recorded; try again
+        server.start()  # the result was recorded first this time; try again
     raise AssertionError(f"the delivery was flushed before the kill in {attempts} attempts")
 
 
@@ -312,10 +316,12 @@ def test_moved_to_another_folder_is_not_delivered_again(mail_host):
         imap.logout()
     server.start()
     server.queue_settled()
+    # Looked for in the files too, not only through Dovecot's index.
+    on_disk = [raw for raw in server.raw_files("alice") if test_id.encode() in raw]
     imap = dovecot.client()
     try:
         imap.select("INBOX")
-        assert search(imap, test_id) == [], "delivered a second time into INBOX"
+        assert search(imap, test_id) == [] and on_disk == [], "delivered a second time into INBOX"
     finally:
         imap.logout()
         server.stop()
