@@ -8,18 +8,26 @@
 # delivery side: pickup + queue + scheduler + remote SMTP client.
 #
 # Usage: benches/outbound-sink.sh [N]      (N defaults to 2000; SIZE=10240 by default)
+# SMTORP_BIN=PATH measures that binary instead of building the release one (e.g. an older
+# build, for a before/after); BENCH_DIR sets where the work folder goes (default /tmp).
 # Run by hand; not part of CI's pass/fail.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${1:-${N:-2000}}"
 SIZE="${SIZE:-10240}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
-for tool in smtp-sink python3 cargo; do
+for tool in smtp-sink python3; do
     command -v "$tool" >/dev/null || { echo "missing $tool (scripts/setup-debian installs it)" >&2; exit 1; }
 done
-cargo build --release -p smtorp >/dev/null
-BIN="$TARGET_DIR/release/smtorp"
-WORK="$(mktemp -d /tmp/smtorp-outbound-XXXXXX)"
+if [ -n "${SMTORP_BIN:-}" ]; then
+    BIN="$SMTORP_BIN"
+else
+    command -v cargo >/dev/null || { echo "missing cargo (or set SMTORP_BIN)" >&2; exit 1; }
+    cargo build --release -p smtorp >/dev/null
+    BIN="$TARGET_DIR/release/smtorp"
+fi
+[ -x "$BIN" ] || { echo "no smtorp binary at $BIN" >&2; exit 1; }
+WORK="$(mktemp -d "${BENCH_DIR:-/tmp}/smtorp-outbound-XXXXXX")"
 SINK_PID=""; SMTORP_PID=""
 cleanup() {
     [ -n "$SMTORP_PID" ] && kill -TERM "$SMTORP_PID" 2>/dev/null && wait "$SMTORP_PID" 2>/dev/null || true

@@ -439,14 +439,21 @@ impl Queue {
     /// removes its file. Blocking (file system).
     pub fn create_spool(&self) -> Result<Spool, QueueError> {
         loop {
-            let id = QueueId::random();
-            if self.envelopes.contains_key(id_key(id))? {
-                continue;
-            }
-            if let Some(spool) = self.spool.create(id)? {
+            if let Some(spool) = self.create_spool_for(QueueId::random())? {
                 return Ok(spool);
             }
         }
+    }
+
+    /// Like [`Queue::create_spool`] for an id chosen beforehand (the intake picks a message's
+    /// id when it starts receiving it, and creates the file only when the content no longer
+    /// fits its buffer or at commit): `None` if a queued message or another spool file has
+    /// that id. Blocking (file system).
+    pub fn create_spool_for(&self, id: QueueId) -> Result<Option<Spool>, QueueError> {
+        if self.envelopes.contains_key(id_key(id))? {
+            return Ok(None);
+        }
+        Ok(self.spool.create(id)?)
     }
 
     /// Queues the message whose content is in `spool`: makes the content durable
@@ -535,15 +542,8 @@ impl Queue {
         msg: &NewMessage<'_>,
         token: Option<&str>,
     ) -> Result<Option<Envelope>, QueueError> {
-        if self.envelopes.contains_key(id_key(msg.id))? {
-            return Err(QueueError::Corrupt(format!(
-                "queue id {} is already in use",
-                msg.id
-            )));
-        }
         let mut spool = self
-            .spool
-            .create(msg.id)?
+            .create_spool_for(msg.id)?
             .ok_or_else(|| QueueError::Corrupt(format!("queue id {} is already in use", msg.id)))?;
         spool.write_all(msg.body)?;
         let envelope = NewEnvelope {

@@ -400,6 +400,37 @@ fn insert_once_refuses_a_token_seen_before() {
 }
 
 #[test]
+fn a_spool_file_for_a_chosen_id_is_refused_while_that_id_is_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path()).unwrap();
+    let id = q.next_id().unwrap();
+    let mut spool = q.create_spool_for(id).unwrap().unwrap();
+    assert_eq!(spool.id(), id);
+    spool.write_all(b"Subject: chosen\r\n\r\nbody\r\n").unwrap();
+    // Another incoming message with the same id: refused, the first file untouched.
+    assert!(q.create_spool_for(id).unwrap().is_none());
+    let recipients = rcpts(&["bob@b.onion"]);
+    let envelope = smtorp_queue::NewEnvelope {
+        sender: "alice@a.onion",
+        recipients: &recipients,
+        origin: Origin::Smtp,
+        arrival: 10,
+    };
+    let env = q.commit(spool, &envelope, None).unwrap().unwrap();
+    assert_eq!(env.id, id);
+    // A queued message's id: refused too.
+    assert!(q.create_spool_for(id).unwrap().is_none());
+    assert_eq!(
+        q.body(id).unwrap().unwrap(),
+        b"Subject: chosen\r\n\r\nbody\r\n"
+    );
+    // Dropped without a commit, a spool file for a fresh id leaves nothing behind.
+    let other = q.next_id().unwrap();
+    drop(q.create_spool_for(other).unwrap().unwrap());
+    assert_eq!(std::fs::read_dir(q.spool_dir()).unwrap().count(), 1);
+}
+
+#[test]
 fn spool_files_live_exactly_as_long_as_their_message() {
     let dir = tempfile::tempdir().unwrap();
     let q = Queue::open(dir.path()).unwrap();
