@@ -293,43 +293,26 @@ postfix_run() { # load dir
     chown postfix:postfix "$PF_DIR/data"
     chown 65534:65534 "$PF_DIR/vmail"
     printf 'alice@%s alice/\n' "$ONION" >"$PF_DIR/etc/vmailbox"
-    cat >"$PF_DIR/etc/main.cf" <<EOF
-compatibility_level = 3.6
+    # This instance's own settings, then the ones shared with tests/test_postfix.py.
+    {
+        cat <<EOF
 config_directory = $PF_DIR/etc
 queue_directory = $PF_DIR/spool
 data_directory = $PF_DIR/data
-mail_owner = postfix
-setgid_group = postdrop
 syslog_name = postfix-bench
 maillog_file = $PF_DIR/maillog
 maillog_file_prefixes = $PF_DIR
 myhostname = bench.localdomain
-mydomain = localdomain
 myorigin = \$myhostname
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mydestination =
 relay_domains =
-local_transport = error:no local delivery
-alias_maps =
-alias_database =
-mynetworks = 127.0.0.0/8
-smtpd_relay_restrictions = permit_mynetworks, reject
-smtpd_recipient_restrictions = permit_mynetworks, reject
-smtpd_peername_lookup = no
-smtp_dns_support_level = disabled
-biff = no
 virtual_mailbox_domains = $ONION
 virtual_mailbox_base = $PF_DIR/vmail
 virtual_mailbox_maps = texthash:$PF_DIR/etc/vmailbox
-virtual_uid_maps = static:65534
-virtual_gid_maps = static:65534
-virtual_minimum_uid = 100
 message_size_limit = 52428800
 virtual_mailbox_limit = 0
-smtpd_client_connection_count_limit = 0
-smtpd_client_connection_rate_limit = 0
 EOF
+        cat "$REPO/tests/data/postfix-main.cf"
+    } >"$PF_DIR/etc/main.cf"
     # The services are shared with tests/test_postfix.py.
     {
         echo "127.0.0.1:$port inet n - n - - smtpd"

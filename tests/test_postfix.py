@@ -39,44 +39,25 @@ class Postfix:
         os.chown(root / "vmail", 65534, 65534)
         (etc / "vmailbox").write_text("".join(f"{u}@{domain} {u}/\n" for u in users))
         (etc / "transport").write_text(f"{relay_domain} smtp:[{relay_to.split(':')[0]}]:{relay_to.split(':')[1]}\n")
+        # This instance's own settings, then the ones shared with benches/postfix-compare.sh.
+        shared = (Path(__file__).parent / "data" / "postfix-main.cf").read_text()
         (etc / "main.cf").write_text(f"""\
-compatibility_level = 3.6
 config_directory = {etc}
 queue_directory = {root}/spool
 data_directory = {root}/data
-mail_owner = postfix
-setgid_group = postdrop
 syslog_name = postfix-smtorp-test
 maillog_file = {root}/maillog
 maillog_file_prefixes = {root}
 myhostname = peer.localdomain
-mydomain = localdomain
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mydestination =
 relay_domains = {relay_domain}
 transport_maps = texthash:{etc}/transport
-local_transport = error:no local delivery
-alias_maps =
-alias_database =
-mynetworks = 127.0.0.0/8
-smtpd_relay_restrictions = permit_mynetworks, reject
-smtpd_recipient_restrictions = permit_mynetworks, reject
-smtpd_peername_lookup = no
-smtp_dns_support_level = disabled
-biff = no
 virtual_mailbox_domains = {domain}
 virtual_mailbox_base = {root}/vmail
 virtual_mailbox_maps = texthash:{etc}/vmailbox
-virtual_uid_maps = static:65534
-virtual_gid_maps = static:65534
-virtual_minimum_uid = 100
-smtpd_client_connection_count_limit = 0
-smtpd_client_connection_rate_limit = 0
 queue_run_delay = 1s
 minimal_backoff_time = 1s
 maximal_backoff_time = 2s
-""")
+""" + shared)
         (etc / "master.cf").write_text(master_cf(self.port))
         for step in ("set-permissions", "check", "start"):
             r = subprocess.run(["postfix", "-c", str(etc), step], capture_output=True, timeout=60)
