@@ -50,6 +50,9 @@ const STALE_TEMP: Duration = Duration::from_secs(24 * 3600);
 const TOKEN_TTL: Duration = Duration::from_secs(3600);
 /// How often the maildrop is looked at.
 const PICKUP_INTERVAL: Duration = Duration::from_millis(250);
+/// Files of a round queued at the same time: each waits for its commit (an fdatasync and a
+/// group commit), and files committed together share the group commit.
+const PICKUP_AT_ONCE: usize = 16;
 
 /// Creates the maildrop folder (1733) and the rejected folder (0700) when missing.
 pub(crate) fn create_dirs(maildrop: &Path, rejected: &Path) -> std::io::Result<()> {
@@ -342,8 +345,9 @@ impl Pickup {
         }
     }
 
-    /// Looks at the folder once and queues what it finds. Returns how many were queued.
-    pub(crate) async fn once(&self, sweep: bool) -> usize {
+    /// Looks at the folder once and queues what it finds, [`PICKUP_AT_ONCE`] files at a
+    /// time. Returns how many were queued.
+    pub(crate) async fn once(self: &Arc<Self>, sweep: bool) -> usize {
         let (maildrop, rejected, max_size) =
             (self.maildrop.clone(), self.rejected.clone(), self.max_size);
         let stuck = self.stuck.clone();
@@ -367,11 +371,25 @@ impl Pickup {
         };
         let folders = Arc::new(folders);
         let mut queued = 0;
-        for candidate in round.candidates {
-            match self.one(&folders, candidate).await {
-                Ok(true) => queued += 1,
-                Ok(false) => {}
-                Err(()) => break, // the queue is unavailable: try again later
+        let mut candidates = round.candidates.into_iter();
+        let mut running = tokio::task::JoinSet::new();
+        let mut unavailable = false;
+        loop {
+            while running.len() < PICKUP_AT_ONCE && !unavailable {
+                let Some(candidate) = candidates.next() else {
+                    break;
+                };
+                let (this, folders) = (self.clone(), folders.clone());
+                running.spawn(async move { this.one(&folders, candidate).await });
+            }
+            match running.join_next().await {
+                None => break,
+                Some(Ok(Ok(true))) => queued += 1,
+                Some(Ok(Ok(false))) => {}
+                // The queue is unavailable: those in flight finish, the rest waits for a
+                // later round (a file queued twice is caught by its intake token).
+                Some(Ok(Err(()))) => unavailable = true,
+                Some(Err(e)) => warn!(error = %e, "a maildrop pickup task failed"),
             }
         }
         queued
@@ -473,17 +491,18 @@ impl Pickup {
     /// Picks up at start and then every 250 ms until shutdown; every minute also removes
     /// stale unfinished files, forgets old tokens and tends the disk reserve.
     pub(crate) async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        self.forget_stale_tokens(Duration::ZERO).await;
+        let this = Arc::new(self);
+        this.forget_stale_tokens(Duration::ZERO).await;
         let mut last_sweep = std::time::Instant::now();
         loop {
             let sweep = last_sweep.elapsed() >= Duration::from_secs(60);
             if sweep {
                 last_sweep = std::time::Instant::now();
-                self.forget_stale_tokens(TOKEN_TTL).await;
+                this.forget_stale_tokens(TOKEN_TTL).await;
             }
-            let space = self.intake.space().clone();
+            let space = this.intake.space().clone();
             let _ = tokio::task::spawn_blocking(move || space.tend_reserve()).await;
-            let n = self.once(sweep).await;
+            let n = this.once(sweep).await;
             if n > 0 {
                 info!(count = n, "picked up from the maildrop");
             }
