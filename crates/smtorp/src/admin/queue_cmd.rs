@@ -9,7 +9,6 @@ use anyhow::bail;
 use smtorp_queue::{Envelope, RecipientState};
 
 use crate::admin::control;
-use crate::admin::status;
 use crate::admin::{Admin, Answer, Request, StatusReport};
 use crate::config::layout;
 use crate::config::Settings;
@@ -187,27 +186,13 @@ pub(crate) fn print(answer: Answer) -> anyhow::Result<()> {
             say!("{}", header.replace("\r\n", "\n").trim_end_matches('\n'));
         }
         Answer::Count(n) => say!("{n} message(s)"),
-        Answer::Status(s) => print_status(&s),
+        // `smtorp status` prints its report itself (with its verdict and exit code).
+        Answer::Status(_) => bail!("the daemon answered a status to a queue request"),
         Answer::Forgotten(true) => say!("forgotten: its unauthenticated mail is accepted again"),
         Answer::Forgotten(false) => say!("not a known peer: nothing to forget"),
     }
     Ok(())
 }
-
-fn print_status(s: &StatusReport) {
-    let verdict = status::evaluate(
-        s,
-        status::Thresholds {
-            deferred_age: DEFAULT_DEFERRED_AGE,
-        },
-    );
-    for line in status::lines(s, &verdict, unix_now()) {
-        say!("{line}");
-    }
-}
-
-/// `smtorp status`'s default for `--deferred-age`.
-pub(crate) const DEFAULT_DEFERRED_AGE: std::time::Duration = std::time::Duration::from_secs(86400);
 
 /// Checks a queue id argument early, with a clear message.
 pub(crate) fn check_id(id: &str) -> anyhow::Result<()> {
