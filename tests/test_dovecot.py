@@ -299,6 +299,34 @@ def test_seen_and_moved_to_cur_is_not_delivered_again(mail_host):
     server.stop()
 
 
+def test_a_retry_after_a_crash_never_delivers_an_emptied_copy(mail_host):
+    """The crash of the tests above, then the user deletes the message through Dovecot
+    before the restart. The retry may write it again (at least once: the record of the
+    first delivery was lost), but what it writes is the whole message. A delivered
+    message's spool file is emptied when it goes back to the pool; when the file was
+    emptied before it left spool/ (as it once was), the retry wrote a copy with our
+    Return-Path and Delivered-To and nothing else, about one run in four."""
+    server, dovecot = mail_host
+    queue_id, test_id = crash_before_flush(server)
+    imap = dovecot.client()
+    try:
+        imap.select("INBOX")
+        (uid,) = search(imap, test_id)
+        assert imap.uid("STORE", uid, "+FLAGS", r"(\Deleted)")[0] == "OK"
+        assert imap.expunge()[0] == "OK"
+    finally:
+        imap.logout()
+    assert files_of(server, queue_id) == []
+    server.start()
+    server.queue_settled()
+    server.stop()
+    copies = [server.maildir_path("alice") / name for name in files_of(server, queue_id)]
+    assert len(copies) <= 1, copies
+    for path in copies:
+        raw = path.read_bytes()
+        assert f"X-Test-Id: {test_id}\n".encode() in raw and raw.endswith(b"\n\nonce\n"), (path, raw)
+
+
 @pytest.mark.xfail(strict=True, reason=(
     "known limitation (reported in #13): the duplicate check looks only in the folder's "
     "new/ and cur/; a message the user moved to another folder before the retry comes back"))

@@ -45,7 +45,8 @@ pub(crate) fn migrate_bodies(bodies: &Tree, spool: &SpoolDir) -> Result<u64, Que
 enum Fix {
     /// Undecodable: move envelope (and body) to the quarantine tree.
     Quarantine,
-    /// Body missing: remove the envelope.
+    /// Body missing (or shorter than committed): remove the envelope (the file, if any,
+    /// goes with the files that no envelope names).
     NoBody,
     /// No recipient pending: remove envelope and body.
     Finished,
@@ -71,10 +72,13 @@ pub(crate) fn recover(t: &Trees<'_>, now: u64) -> Result<RecoveryReport, QueueEr
                 .ok()
                 .filter(|env| env.id == id)
         });
-        let has_body = parse_id_key(&key).is_some_and(|id| t.spool.exists(id));
+        let body_len = parse_id_key(&key).and_then(|id| t.spool.len_of(id));
         let fix = match decoded {
             None => Fix::Quarantine,
-            Some(_) if !has_body => Fix::NoBody,
+            // A spool file shorter than the committed content is one emptied after its
+            // delivery (see `SpoolDir::recycle`): the content is gone as surely as when the
+            // file is. Delivering what is left would send a truncated copy.
+            Some(env) if body_len.is_none_or(|len| len < env.size) => Fix::NoBody,
             Some(env) if !env.has_pending() => Fix::Finished,
             Some(mut env) => {
                 let due = env.next_due.map_or(now, |d| d.min(now));

@@ -27,8 +27,8 @@ const POOL_MAX_FILE_SIZE: u64 = 256 * 1024;
 /// journal, every inode allocation skips the inodes freed in the last minutes
 /// (`recently_deleted`, one buffer lookup each), so at hundreds of messages a second a
 /// create-per-message, unlink-per-message spool spent a fifth of the daemon's CPU there
-/// (docs/performance.md). A pooled file is truncated and renamed (`renameat2`, never over
-/// an existing name) instead: no inode is allocated or freed.
+/// (docs/performance.md). A pooled file is renamed (`renameat2`, never over an existing
+/// name) and then truncated instead: no inode is allocated or freed.
 ///
 /// Only the queue's own removal of a finished message ([`SpoolDir::recycle`], from
 /// `Queue::update`) pools a file: its readers (the sinks) are done by then. An explicit
@@ -220,6 +220,11 @@ impl SpoolDir {
         fs::symlink_metadata(self.file(id)).is_ok()
     }
 
+    /// The length of `id`'s spool file, if it has one.
+    pub(crate) fn len_of(&self, id: QueueId) -> Option<u64> {
+        fs::symlink_metadata(self.file(id)).ok().map(|m| m.len())
+    }
+
     /// The content of `id`, if it has a spool file.
     pub(crate) fn open_body(&self, id: QueueId) -> io::Result<Option<Body>> {
         match File::open(self.file(id)) {
@@ -277,18 +282,21 @@ impl SpoolDir {
             let small = fs::symlink_metadata(self.file(id))
                 .is_ok_and(|m| m.is_file() && m.len() <= POOL_MAX_FILE_SIZE);
             if small && pool.names().len() < POOL_MAX_FILES {
-                // Emptied now, not when reused: a delivered message's content does not stay
-                // on in the pool (the blocks are freed; the inode is what the pool keeps).
-                if let Err(e) = nix::unistd::truncate(&self.file(id), 0) {
-                    if e == nix::errno::Errno::ENOENT {
-                        return Ok(());
-                    }
-                    return self.remove(id);
-                }
+                // Moved out of `spool/` first, emptied afterwards: a crash in between (or a
+                // rename the file system had not yet made durable) must never leave an
+                // emptied `spool/<id>` behind for an envelope whose delivery the store had not
+                // yet recorded; recovery would then deliver an empty message again. Emptied
+                // now, not when reused: a delivered message's content does not stay on in
+                // the pool (the blocks are freed; the inode is what the pool keeps).
                 let n = pool.next.fetch_add(1, Ordering::Relaxed);
                 match rename_noreplace(&self.inner.dir, &id.to_string(), &pool.dir, &n.to_string())
                 {
                     Ok(()) => {
+                        let pooled = pool.path.join(n.to_string());
+                        if nix::unistd::truncate(&pooled, 0).is_err() {
+                            let _ = fs::remove_file(&pooled);
+                            return Ok(());
+                        }
                         pool.names().push(n);
                         return Ok(());
                     }

@@ -174,6 +174,38 @@ fn repairs_inconsistent_store() {
     assert_eq!(*q.recovery(), RecoveryReport::default());
 }
 
+/// The pool empties a delivered message's spool file. If the store had not yet recorded the
+/// delivery when the daemon died, the envelope is still pending: with an emptied (or cut
+/// short) spool file its content is gone, and recovery must drop it rather than queue an
+/// empty or truncated message for a second delivery.
+#[test]
+fn pending_envelope_with_an_emptied_spool_file_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Queue::open(dir.path()).unwrap());
+    let raw = Raw::open(dir.path());
+    let committed_size = 4; // envelope() records size 4, like b"body"
+    raw.envelope(&envelope(1, &[Pending], Some(500)));
+    raw.body(1, b"");
+    raw.due(500, 1);
+    raw.envelope(&envelope(2, &[Pending], Some(500)));
+    raw.body(2, &b"body"[..committed_size - 1]);
+    raw.due(500, 2);
+    raw.message(&envelope(3, &[Pending], Some(500))); // whole: kept
+    raw.close();
+
+    let q = Queue::open(dir.path()).unwrap();
+    let r = *q.recovery();
+    assert_eq!(r.envelopes_without_body, 2, "{r:?}");
+    assert_eq!(r.bodies_without_envelope, 2, "{r:?}");
+    let ids: Vec<u64> = q.list().unwrap().iter().map(|e| e.id.0).collect();
+    assert_eq!(ids, vec![3]);
+    for gone in [1, 2] {
+        assert_eq!(q.body(QueueId(gone)).unwrap(), None, "{gone}");
+        assert!(!dir.path().join(format!("spool/{gone:016X}")).exists());
+    }
+    assert_eq!(q.due(u64::MAX, 10).unwrap(), vec![QueueId(3)]);
+}
+
 #[test]
 fn in_flight_becomes_due_now() {
     let dir = tempfile::tempdir().unwrap();
