@@ -2,9 +2,11 @@
 //! server or its users:
 //!
 //! - **Bounded memory and CPU.** argon2 needs ~19 MiB per check. At most [`HASH_SLOTS`]
-//!   checks run at once, each in a memory block that its slot keeps and reuses (nothing is
-//!   allocated per attempt); an attempt that waits more than [`HASH_WAIT`] for a slot gets
-//!   `454 4.7.0` without a check.
+//!   checks run at once, each in a memory block that its slot keeps and reuses while
+//!   attempts follow each other (nothing is allocated per attempt during a flood); an
+//!   attempt that waits more than [`HASH_WAIT`] for a slot gets `454 4.7.0` without a
+//!   check. When the last attempt of a burst is done the blocks are freed and given back
+//!   to the kernel, so the resident memory returns to where it was.
 //! - **Budgets counted before the slow check.** Each client address has a budget of
 //!   [`ADDRESS_FAILURE_LIMIT`] failures per [`FAILURE_WINDOW`]; an attempt reserves its
 //!   place in the budget before the password is checked, so concurrent attempts cannot
@@ -19,6 +21,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -78,6 +81,9 @@ pub(crate) struct Authenticator {
     directory: Arc<Directory>,
     file: PathBuf,
     slots: Semaphore,
+    /// Attempts waiting for a slot or being checked.
+    wanting: AtomicUsize,
+    /// Memory blocks kept between checks while attempts follow each other.
     memory: Mutex<Vec<Vec<argon2::Block>>>,
     records: Mutex<HashMap<Option<IpAddr>, Record>>,
 }
@@ -85,11 +91,13 @@ pub(crate) struct Authenticator {
 impl Authenticator {
     /// Checks against the password file of `directory`'s configuration.
     pub(crate) fn new(directory: Arc<Directory>) -> Authenticator {
+        map_large_blocks_on_their_own();
         let file = passwd::path(directory.settings());
         Authenticator {
             directory,
             file,
             slots: Semaphore::new(HASH_SLOTS),
+            wanting: AtomicUsize::new(0),
             memory: Mutex::new(Vec::new()),
             records: Mutex::new(HashMap::new()),
         }
@@ -196,6 +204,7 @@ impl Authenticator {
     /// The slow part: `Ok(Some(user))` if the password is right, `Ok(None)` if not,
     /// `Err` if no slot came free in time.
     async fn verify(&self, login: &str, password: String) -> Result<Option<String>, Reply> {
+        let _wanting = Wanting::enter(self);
         let Ok(permit) = tokio::time::timeout(HASH_WAIT, self.slots.acquire()).await else {
             warn!("AUTH refused unchecked: every password check slot is busy");
             return Err(try_later());
@@ -229,7 +238,66 @@ impl Authenticator {
         };
         Ok(if ok { user } else { None })
     }
+
+    /// Bytes of argon2 memory kept for the next checks.
+    #[cfg(test)]
+    fn kept_memory(&self) -> usize {
+        let pool = self.memory.lock().unwrap_or_else(|p| p.into_inner());
+        pool.iter()
+            .map(|m| m.capacity() * std::mem::size_of::<argon2::Block>())
+            .sum()
+    }
 }
+
+/// An attempt counted in [`Authenticator::wanting`]; the last one to leave frees the kept
+/// memory blocks.
+struct Wanting<'a>(&'a Authenticator);
+
+impl<'a> Wanting<'a> {
+    fn enter(auth: &'a Authenticator) -> Wanting<'a> {
+        auth.wanting.fetch_add(1, Ordering::SeqCst);
+        Wanting(auth)
+    }
+}
+
+impl Drop for Wanting<'_> {
+    fn drop(&mut self) {
+        if self.0.wanting.fetch_sub(1, Ordering::SeqCst) != 1 {
+            return; // others are waiting or checking: they reuse the blocks
+        }
+        // Unmapped at once (see `map_large_blocks_on_their_own`).
+        drop(std::mem::take(
+            &mut *self.0.memory.lock().unwrap_or_else(|p| p.into_inner()),
+        ));
+    }
+}
+
+/// Makes the allocator hand blocks as large as argon2's straight back to the kernel when
+/// they are freed. glibc serves a large request with its own mapping only until the first
+/// such mapping is freed; then it raises its threshold and serves the next ones from a
+/// thread's heap, whose free top it never gives back (not even `malloc_trim` does, for
+/// heaps other than the main one). A fixed threshold keeps every block of this size a
+/// mapping of its own, unmapped at free. Called once, before the first check.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn map_large_blocks_on_their_own() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: mallopt takes two integers and changes a setting of the allocator under
+        // its own lock; no memory is touched.
+        #[allow(unsafe_code)] // reason: glibc's mallopt has no safe wrapper
+        let ok = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, LARGE_BLOCK as libc::c_int) };
+        if ok != 1 {
+            warn!("could not set the allocator's mmap threshold: argon2 memory may stay resident after a burst");
+        }
+    });
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn map_large_blocks_on_their_own() {}
+
+/// Allocations from this size on get a mapping of their own (see
+/// [`map_large_blocks_on_their_own`]); argon2's blocks are 19 MiB.
+const LARGE_BLOCK: usize = 1024 * 1024;
 
 #[cfg(test)]
 mod tests {
@@ -259,5 +327,54 @@ mod tests {
         a.records().get_mut(&peer).unwrap().in_flight = 1;
         a.settle(peer, false);
         assert!(a.reserve(peer).is_ok());
+    }
+
+    fn wrong_password() -> Credentials {
+        Credentials {
+            user: "alice".into(),
+            password: "not the password".into(),
+        }
+    }
+
+    /// The blocks stay while other attempts want a slot (no allocation per attempt during a
+    /// flood) and are freed when the last attempt of the burst is done.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn argon2_memory_is_kept_during_a_burst_and_freed_after_it() {
+        let a = Arc::new(authenticator());
+        // Another attempt still wants a slot: the finished check leaves its block behind.
+        let other = Wanting::enter(&a);
+        let refused = a
+            .check(Some(IpAddr::from([10, 0, 0, 1])), wrong_password())
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code, 535);
+        assert_eq!(
+            a.kept_memory(),
+            19 * 1024 * 1024,
+            "argon2id default: 19 MiB"
+        );
+        drop(other);
+        assert_eq!(a.kept_memory(), 0);
+
+        // A burst of concurrent attempts: at most one block per slot while it lasts, none
+        // after.
+        let attempts: Vec<_> = (0..6u8)
+            .map(|i| {
+                let a = a.clone();
+                tokio::spawn(async move {
+                    let result = a
+                        .check(Some(IpAddr::from([10, 0, 1, i])), wrong_password())
+                        .await;
+                    (result.unwrap_err().code, a.kept_memory())
+                })
+            })
+            .collect();
+        for attempt in attempts {
+            let (code, kept) = attempt.await.unwrap();
+            assert_eq!(code, 535);
+            assert!(kept <= HASH_SLOTS * 19 * 1024 * 1024, "{kept}");
+        }
+        assert_eq!(a.kept_memory(), 0);
+        assert_eq!(a.wanting.load(Ordering::SeqCst), 0);
     }
 }
