@@ -210,6 +210,9 @@ def short(text: str) -> str:
     return parts[0] if parts else text
 
 
+GREETING_WAIT = 120
+
+
 async def legitimate(port: int, domain: str, timeout: float = 30) -> str:
     """One ordinary transaction; what happened, in a few words."""
     t0 = time.monotonic()
@@ -218,7 +221,10 @@ async def legitimate(port: int, domain: str, timeout: float = 30) -> str:
     try:
         c = await Client.connect(port, timeout=timeout)
         step = "greeting"
-        code, text = await c.reply(timeout)
+        # A newcomer that finds every session busy waits in line without a greeting
+        # (`[smtp] wait_for_session`, 60 s); an MTA waits 5 minutes for one (RFC 5321
+        # 4.5.3.2), so the client waits longer here than for the other replies.
+        code, text = await c.reply(max(timeout, GREETING_WAIT))
         if code != 220:
             return f"{short(text)} at the greeting"
         body = (f"From: <friend@{make_onion()}>\r\nTo: <alice@{domain}>\r\nSubject: legit\r\n\r\n"
@@ -242,7 +248,8 @@ async def legitimate(port: int, domain: str, timeout: float = 30) -> str:
             pass
         return f"250 in {took:.2f} s"
     except asyncio.TimeoutError:
-        return f"no answer within {timeout:.0f} s at {step}"
+        waited = max(timeout, GREETING_WAIT) if step == "greeting" else timeout
+        return f"no answer within {waited:.0f} s at {step}"
     except (Closed, ConnectionError, OSError) as e:
         return f"closed at {step} ({str(e)[:30]})"
     finally:

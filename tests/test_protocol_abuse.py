@@ -415,29 +415,41 @@ def test_idle_in_data_gets_421(server_factory):
 
 
 def test_max_sessions(server_factory):
-    srv = server_factory(smtp={"max_sessions": 3})
+    """With every place taken by sessions that are not idle, newcomers wait in line for a
+    place (no greeting yet), first come first served, up to `max_sessions` of them; one
+    more is told 421 at once; one in line gets its greeting when a place comes free, and
+    the others 421 when their wait (`wait_for_session`, 3 s here) is over."""
+    srv = server_factory(smtp={"max_sessions": 3, "wait_for_session": "3s"})
     held = [raw(srv) for _ in range(3)]
+    waiting = []
     try:
-        with Raw(srv.port) as fourth:
-            code, text = fourth.reply()
-            assert code == 421, text
-            assert "4.3.2" in text
-            assert fourth.is_closed(timeout=5)
-        # The three held sessions still work.
+        # The sessions just made progress: none may be closed for a newcomer (that takes
+        # a second of idleness).
         for r in held:
             assert r.cmd("NOOP")[0] == 250
-        # Close one; a new session gets in (bounded wait for the slot to be freed).
-        held.pop().cmd("QUIT")
-        deadline = time.monotonic() + 5
-        while True:
-            with Raw(srv.port) as again:
-                code, text = again.reply()
-                if code == 220:
-                    break
-            assert time.monotonic() < deadline, f"slot not freed: {text}"
-            time.sleep(0.1)
-    finally:
+        waiting = [Raw(srv.port) for _ in range(3)]
+        with Raw(srv.port) as seventh:
+            code, text = seventh.reply(timeout=3)
+            assert code == 421, text
+            assert "4.3.2" in text
+            assert seventh.is_closed(timeout=5)
+        for w in waiting:
+            with pytest.raises(TimeoutError):
+                w.reply(timeout=0.3)
+        # The held sessions still work.
         for r in held:
+            assert r.cmd("NOOP")[0] == 250
+        # One leaves: its place goes to the first in line.
+        held.pop().cmd("QUIT")
+        code, text = waiting[0].reply(timeout=5)
+        assert code == 220, text
+        assert waiting[0].cmd("NOOP")[0] == 250
+        # The others' wait runs out.
+        for w in waiting[1:]:
+            code, text = w.reply(timeout=15)
+            assert code == 421 and "4.3.2" in text, text
+    finally:
+        for r in held + waiting:
             r.close()
 
 

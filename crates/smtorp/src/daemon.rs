@@ -197,7 +197,10 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
             origin: Origin::Smtp,
             auth: None,
         }),
-        slots: Slots::new(settings.config.smtp.max_sessions),
+        slots: Slots::new(
+            settings.config.smtp.max_sessions,
+            settings.config.smtp.wait_for_session,
+        ),
         tls: None,
     });
     for addr in &settings.smtp_listen {

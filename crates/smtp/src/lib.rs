@@ -18,7 +18,7 @@ pub use session::{
     AuthResult, Credentials, Onion, Policy, SenderAuthMode, SenderContext, Session, SessionConfig,
     SessionKind, Step, Transaction,
 };
-pub use slots::{Slot, Slots};
+pub use slots::{Admission, Queued, Slot, Slots};
 /// The reply type ([`smtorp_reply::Reply`]), shared with the queue and delivery.
 pub use smtorp_reply as reply;
 pub use smtorp_reply::Reply;

@@ -115,8 +115,11 @@ pub(crate) struct SmtpConfig {
     pub(crate) max_message_size: usize,
     /// Most recipients per message.
     pub(crate) max_recipients: usize,
-    /// Most concurrent sessions per listener; more get 421.
+    /// Most concurrent sessions per listener; more wait in line or get 421.
     pub(crate) max_sessions: usize,
+    /// How long a newcomer that finds every session busy waits for a place (0: 421 at once).
+    #[serde(with = "humantime_serde")]
+    pub(crate) wait_for_session: Duration,
     /// Error replies allowed per session before it is closed.
     pub(crate) max_errors: usize,
     /// Idle time allowed while waiting for a command.
@@ -171,6 +174,7 @@ impl Default for SmtpConfig {
             max_message_size: 25 * 1024 * 1024,
             max_recipients: 100,
             max_sessions: 100,
+            wait_for_session: Duration::from_secs(60),
             max_errors: 10,
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(600),

@@ -4,7 +4,8 @@
 //!
 //! Every listener has fair [`Slots`]: at most `max_sessions` sessions, shorter timeouts
 //! under stress, and a newcomer takes the place of the session idle the longest instead of
-//! being turned away (421 only when every session is busy). The address a client comes from
+//! being turned away; when every session is busy it waits in line for the next free place
+//! (up to `[smtp] wait_for_session`; 421 when that runs out or the line is full). The address a client comes from
 //! is never looked at for policy (behind C tor every client is 127.0.0.1); the submission
 //! port uses it only to count password failures.
 
@@ -19,8 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use smtorp_smtp::{
-    serve, serve_submission, Onion, Policy, SenderAuthMode, Session, SessionConfig, SessionKind,
-    Slot, Slots,
+    serve, serve_submission, Admission, Onion, Policy, SenderAuthMode, Session, SessionConfig,
+    SessionKind, Slot, Slots,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -54,6 +55,43 @@ impl<P: Policy + Clone> SessionFactory<P> {
             "421 4.3.2 {} Too many connections, try again later\r\n",
             self.config.hostname
         )
+    }
+
+    /// Takes a new connection (from `peer`, when known) into `sessions`: a session at once
+    /// if there is a place, after a wait in line if every session is busy, or 421.
+    pub(crate) fn accept<S>(
+        self: &Arc<Self>,
+        sessions: &mut JoinSet<()>,
+        stream: S,
+        peer: Option<IpAddr>,
+        shutdown: watch::Receiver<bool>,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        P: Send + Sync + 'static,
+    {
+        let factory = Arc::clone(self);
+        match self.slots.admit() {
+            Admission::Now(slot) => {
+                sessions
+                    .spawn(async move { factory.run_session(stream, peer, slot, shutdown).await });
+            }
+            Admission::Queued(queued) => {
+                sessions.spawn(async move {
+                    let mut stop = shutdown.clone();
+                    let slot = tokio::select! {
+                        slot = queued.place() => slot,
+                        _ = stopped(&mut stop) => None,
+                    };
+                    match slot {
+                        Some(slot) => factory.run_session(stream, peer, slot, shutdown).await,
+                        None => turn_away(stream, factory.busy_reply()).await,
+                    }
+                });
+            }
+            Admission::Refused => {
+                sessions.spawn(turn_away(stream, self.busy_reply()));
+            }
+        }
     }
 
     /// Runs one session on any stream (from `peer`, when known) in `slot`, ending it with
@@ -123,8 +161,8 @@ pub(crate) async fn turn_away<S: AsyncWrite + Unpin>(mut stream: S, reply: Strin
     let _ = tokio::time::timeout(Duration::from_secs(5), write).await;
 }
 
-/// Serves a bound TCP listener until shutdown: each connection gets a place (or 421) and a
-/// session; on shutdown, stops accepting and gives open sessions (which got their 421 from
+/// Serves a bound TCP listener until shutdown: each connection gets a place (at once or
+/// after a wait in line, else 421) and a session; on shutdown, stops accepting and gives open sessions (which got their 421 from
 /// the same signal) 5 s to end before closing them.
 pub(crate) async fn serve_tcp<P>(
     listener: TcpListener,
@@ -149,15 +187,8 @@ pub(crate) async fn serve_tcp<P>(
                         continue;
                     }
                 };
-                let Some(slot) = factory.slots.admit() else {
-                    sessions.spawn(turn_away(stream, factory.busy_reply()));
-                    continue;
-                };
                 let _ = stream.set_nodelay(true);
-                let (factory, stop) = (factory.clone(), shutdown.clone());
-                sessions.spawn(async move {
-                    factory.run_session(stream, Some(peer.ip()), slot, stop).await;
-                });
+                factory.accept(&mut sessions, stream, Some(peer.ip()), shutdown.clone());
             }
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
             _ = stopped(&mut shutdown) => break,

@@ -55,7 +55,10 @@ pub(crate) async fn spawn(
             origin: Origin::Submission,
             auth: Some(Arc::new(Authenticator::new(directory.clone()))),
         }),
-        slots: Slots::new(settings.config.smtp.max_sessions),
+        slots: Slots::new(
+            settings.config.smtp.max_sessions,
+            settings.config.smtp.wait_for_session,
+        ),
         tls: Some(acceptor),
     });
     for text in listen {

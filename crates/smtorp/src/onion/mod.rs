@@ -22,7 +22,7 @@ use self::health::{Health, Repair};
 use self::probe::RepairRequest;
 
 use crate::config::Settings;
-use crate::listen::{stopped, turn_away, Guarded, SessionFactory};
+use crate::listen::{stopped, Guarded, SessionFactory};
 use crate::policy::OnionSidePolicy;
 
 /// The nickname of our onion service in arti's keystore.
@@ -255,15 +255,8 @@ pub(crate) async fn serve(
                     continue;
                 };
                 // The same fair places as every listener: a newcomer may take an idle
-                // session's place; 421 only when every session is busy.
-                let Some(slot) = factory.slots.admit() else {
-                    sessions.spawn(turn_away(stream, factory.busy_reply()));
-                    continue;
-                };
-                let (factory, stop) = (factory.clone(), session_stop.clone());
-                sessions.spawn(async move {
-                    factory.run_session(stream, None, slot, stop).await;
-                });
+                // session's place, or waits in line for one; 421 when that fails.
+                factory.accept(&mut sessions, stream, None, session_stop.clone());
             }
             Some(request) = repairs.recv() => {
                 let RepairRequest { action, reason, done } = request;
