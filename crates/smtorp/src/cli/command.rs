@@ -371,3 +371,38 @@ pub fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every command and long option of `command` (named `path`) that `page` lacks.
+    fn undescribed(command: &clap::Command, path: &str, page: &str) -> Vec<String> {
+        let mut missing = Vec::new();
+        for arg in command.get_arguments() {
+            if let Some(long) = arg.get_long() {
+                if !page.contains(&format!("--{long}")) {
+                    missing.push(format!("{path} --{long}").trim().to_owned());
+                }
+            }
+        }
+        for sub in command.get_subcommands() {
+            let name = format!("{path} {}", sub.get_name()).trim().to_owned();
+            if !page.contains(&name) {
+                missing.push(name.clone());
+            }
+            missing.extend(undescribed(sub, &name, page));
+        }
+        missing
+    }
+
+    /// config/smtorp.8, the manual page the package installs, describes every command and
+    /// every long option of the command line.
+    #[test]
+    fn the_manual_page_describes_every_command_and_option() {
+        let page = include_str!("../../../../config/smtorp.8").replace("\\-", "-");
+        let missing = undescribed(&Cli::command(), "", &page);
+        assert!(missing.is_empty(), "config/smtorp.8 lacks {missing:?}");
+    }
+}
