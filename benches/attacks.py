@@ -146,6 +146,8 @@ class Client:
         while True:
             try:
                 line = await asyncio.wait_for(self.reader.readline(), timeout)
+            except asyncio.TimeoutError:
+                raise  # an OSError too, but no close: callers report "no answer"
             except (ConnectionError, OSError) as e:
                 raise Closed(str(e)) from e
             if not line:
@@ -345,16 +347,9 @@ async def attack_big(s: Server, a, rate: float | None) -> dict:
             if c:
                 c.close()
 
-    async def probe():
-        await asyncio.sleep(a.probe_after)
-        return await legitimate(s.port, s.domain)
-
     t0 = time.monotonic()
-    tasks = [asyncio.create_task(one(i)) for i in range(a.sessions)]
-    legit = asyncio.create_task(probe())
-    await asyncio.wait(tasks, timeout=a.attack_timeout)
-    for t in tasks:
-        t.cancel()
+    legit = asyncio.create_task(legit_after(s, a.probe_after))
+    await run_clients(one, a.sessions, a.attack_timeout)
     took = time.monotonic() - t0
     return {"outcome": dict(Counter(results)), "took_s": round(took, 1), "legit": [await legit]}
 
@@ -371,12 +366,11 @@ async def attack_stall(s: Server, a, sampler: Sampler) -> dict:
             clients.append(c)
         except Closed as e:
             refused.append(str(e)[:20])
+        except asyncio.TimeoutError:
+            refused.append("no answer")
 
     t0 = time.monotonic()
-    tasks = [asyncio.create_task(one(i)) for i in range(a.sessions)]
-    await asyncio.wait(tasks, timeout=a.attack_timeout)
-    for t in tasks:
-        t.cancel()
+    await run_clients(one, a.sessions, a.attack_timeout)
     sent_s = time.monotonic() - t0
     held_from = time.monotonic()
     until = held_from + a.stall_hold
@@ -393,6 +387,15 @@ async def attack_stall(s: Server, a, sampler: Sampler) -> dict:
         outcome["closing replies"] = dict(Counter(short(r) for r, _ in by_server))
     return {"outcome": outcome, "took_s": round(sent_s, 1), "legit": [await legit],
             "marks": {"RSS at the end of the stall, before the clients leave": rss_held}}
+
+
+async def run_clients(one, n: int, timeout: float) -> None:
+    """Runs `one(i)` for i in range(n) at once; those still running after `timeout` are
+    cancelled."""
+    tasks = [asyncio.create_task(one(i)) for i in range(n)]
+    await asyncio.wait(tasks, timeout=timeout)
+    for t in tasks:
+        t.cancel()
 
 
 async def legit_after(s: Server, delay: float) -> str:
@@ -511,11 +514,8 @@ async def attack_slowloris(s: Server, a, in_data: bool) -> dict:
             if c:
                 c.close()
 
-    tasks = [asyncio.create_task(one(i)) for i in range(a.sessions)]
     probes = [asyncio.create_task(legit_after(s, d)) for d in (a.probe_after, a.slowloris_for / 2)]
-    await asyncio.wait(tasks, timeout=a.slowloris_for + 30)
-    for t in tasks:
-        t.cancel()
+    await run_clients(one, a.sessions, a.slowloris_for + 30)
     outcome = {"opened": dict(Counter(opened)), "closed by the server": len(closes),
                "still open at the end": opened.count("220") - len(closes)}
     if closes:
@@ -547,11 +547,8 @@ async def attack_flood(s: Server, a) -> dict:
             if c:
                 c.close()
 
-    tasks = [asyncio.create_task(one(i)) for i in range(a.flood)]
     probes = [asyncio.create_task(legit_after(s, d)) for d in (a.probe_after, a.flood_hold / 2)]
-    await asyncio.wait(tasks, timeout=a.flood_hold + 30)
-    for t in tasks:
-        t.cancel()
+    await run_clients(one, a.flood, a.flood_hold + 30)
     return {"outcome": {"first reply": dict(Counter(first)),
                         "later closed by the server": dict(Counter(closes))},
             "took_s": a.flood_hold, "legit": [await p for p in probes]}
