@@ -199,7 +199,51 @@ async fn world(local: Arc<FakeSink>, remote: Arc<FakeSink>, config: SchedulerCon
     }
 }
 
+/// A [`World`] whose run loop runs in the background ([`World::run_in_background`]).
+struct Running {
+    _dir: tempfile::TempDir,
+    queue: Arc<Queue>,
+    local: Arc<FakeSink>,
+    remote: Arc<FakeSink>,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Waits until `done` holds, looking every `every` for at most 30 s (then fails with
+    /// `what`).
+    async fn wait_until(&self, what: &str, every: Duration, done: impl Fn(&Running) -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !done(self) {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    /// Stops the run loop and waits for it to end.
+    async fn stop(&mut self) {
+        self.stop.send(true).unwrap();
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+    }
+}
+
 impl World {
+    /// Starts the run loop in the background.
+    fn run_in_background(self) -> Running {
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(self.scheduler.run(stop_rx));
+        Running {
+            _dir: self._dir,
+            queue: self.queue,
+            local: self.local,
+            remote: self.remote,
+            stop,
+            task: Some(task),
+        }
+    }
+
     fn queue_message(&self, sender: &str, to: &[&str]) -> QueueId {
         let id = self.queue.next_id().unwrap();
         let recipients: Vec<String> = to.iter().map(|s| s.to_string()).collect();
@@ -446,17 +490,13 @@ async fn concurrency_and_sessions_per_destination_are_limits() {
     for i in 0..6 {
         ids.push(w.queue_message("alice@local", &[&format!("u{i}@local")]));
     }
-    let queue = w.queue.clone();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let (local, remote) = (w.local.clone(), w.remote.clone());
-    let running = tokio::spawn(w.scheduler.run(stop_rx));
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !queue.is_empty() {
-        assert!(std::time::Instant::now() < deadline, "not all delivered");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    stop_tx.send(true).unwrap();
-    running.await.unwrap();
+    let mut r = w.run_in_background();
+    r.wait_until("not all delivered", Duration::from_millis(20), |r| {
+        r.queue.is_empty()
+    })
+    .await;
+    r.stop().await;
+    let (local, remote) = (&r.local, &r.remote);
     assert_eq!(remote.seen().len(), 4);
     assert_eq!(local.seen().len(), 6);
     assert_eq!(
@@ -486,22 +526,17 @@ async fn the_run_loop_records_every_result_once() {
     for i in 0..20 {
         w.queue_message("alice@local", &[&format!("u{i}@local")]);
     }
-    let queue = w.queue.clone();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let local = w.local.clone();
-    let running = tokio::spawn(w.scheduler.run(stop_rx));
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while queue.len() > 1 || local.seen().len() < 20 {
-        assert!(std::time::Instant::now() < deadline, "not all attempted");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let mut r = w.run_in_background();
+    r.wait_until("not all attempted", Duration::from_millis(20), |r| {
+        r.queue.len() <= 1 && r.local.seen().len() >= 20
+    })
+    .await;
     // The clock stands still: the deferred message waits for its retry, nothing is tried
     // twice.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop_tx.send(true).unwrap();
-    running.await.unwrap();
-    assert_eq!(local.seen().len(), 20);
-    let left = queue.list().unwrap();
+    r.stop().await;
+    assert_eq!(r.local.seen().len(), 20);
+    let left = r.queue.list().unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].recipients[0].attempts, 1);
     assert_eq!(left[0].recipients[0].state, RecipientState::Pending);
@@ -519,16 +554,11 @@ async fn deliveries_in_flight_at_shutdown_are_recorded() {
     for i in 0..3 {
         w.queue_message("alice@local", &[&format!("u{i}@local")]);
     }
-    let queue = w.queue.clone();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let local = w.local.clone();
-    let running = tokio::spawn(w.scheduler.run(stop_rx));
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while local.seen().len() < 3 {
-        assert!(std::time::Instant::now() < deadline, "not all started");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    stop_tx.send(true).unwrap();
-    running.await.unwrap();
-    assert!(queue.is_empty(), "{:?}", queue.list().unwrap());
+    let mut r = w.run_in_background();
+    r.wait_until("not all started", Duration::from_millis(10), |r| {
+        r.local.seen().len() >= 3
+    })
+    .await;
+    r.stop().await;
+    assert!(r.queue.is_empty(), "{:?}", r.queue.list().unwrap());
 }
