@@ -25,6 +25,19 @@ fn insert(q: &Queue, arrival: u64, to: &[&str], body: &[u8]) -> Envelope {
     .unwrap()
 }
 
+/// Commits `spool` from alice@a.onion to `to`, arriving at `arrival`, like [`insert`] for
+/// a message written into a spool file.
+fn commit(q: &Queue, spool: smtorp_queue::Spool, arrival: u64, to: &[&str]) -> Envelope {
+    let recipients = rcpts(to);
+    let envelope = smtorp_queue::NewEnvelope {
+        sender: "alice@a.onion",
+        recipients: &recipients,
+        origin: Origin::Smtp,
+        arrival,
+    };
+    q.commit(spool, &envelope, None).unwrap().unwrap()
+}
+
 /// The due keys as stored, read with sled directly (the queue must be closed).
 fn raw_due_keys(dir: &Path) -> Vec<(u64, u64)> {
     let db = sled::open(dir).unwrap();
@@ -409,14 +422,7 @@ fn a_spool_file_for_a_chosen_id_is_refused_while_that_id_is_in_use() {
     spool.write_all(b"Subject: chosen\r\n\r\nbody\r\n").unwrap();
     // Another incoming message with the same id: refused, the first file untouched.
     assert!(q.create_spool_for(id).unwrap().is_none());
-    let recipients = rcpts(&["bob@b.onion"]);
-    let envelope = smtorp_queue::NewEnvelope {
-        sender: "alice@a.onion",
-        recipients: &recipients,
-        origin: Origin::Smtp,
-        arrival: 10,
-    };
-    let env = q.commit(spool, &envelope, None).unwrap().unwrap();
+    let env = commit(&q, spool, 10, &["bob@b.onion"]);
     assert_eq!(env.id, id);
     // A queued message's id: refused too.
     assert!(q.create_spool_for(id).unwrap().is_none());
@@ -579,14 +585,7 @@ fn a_delivered_message_leaves_its_file_for_the_next_one_emptied() {
         0
     );
     spool.write_all(b"Subject: second\r\n\r\nx\r\n").unwrap();
-    let recipients = rcpts(&["carol@c.onion"]);
-    let envelope = smtorp_queue::NewEnvelope {
-        sender: "alice@a.onion",
-        recipients: &recipients,
-        origin: Origin::Smtp,
-        arrival: 2,
-    };
-    let env = q.commit(spool, &envelope, None).unwrap().unwrap();
+    let env = commit(&q, spool, 2, &["carol@c.onion"]);
     q.sync_blocking().unwrap();
     assert_eq!(
         q.body(env.id).unwrap().unwrap(),
