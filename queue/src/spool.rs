@@ -217,7 +217,7 @@ impl SpoolDir {
 
     /// True if `id` has a spool file.
     pub(crate) fn exists(&self, id: QueueId) -> bool {
-        fs::symlink_metadata(self.file(id)).is_ok()
+        self.len_of(id).is_some()
     }
 
     /// The length of `id`'s spool file, if it has one.
@@ -293,11 +293,12 @@ impl SpoolDir {
                 {
                     Ok(()) => {
                         let pooled = pool.path.join(n.to_string());
-                        if nix::unistd::truncate(&pooled, 0).is_err() {
-                            let _ = fs::remove_file(&pooled);
-                            return Ok(());
+                        match nix::unistd::truncate(&pooled, 0) {
+                            Ok(()) => pool.names().push(n),
+                            Err(_) => {
+                                let _ = fs::remove_file(&pooled);
+                            }
                         }
-                        pool.names().push(n);
                         return Ok(());
                     }
                     Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
