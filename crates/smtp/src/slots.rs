@@ -129,14 +129,8 @@ impl Slots {
         let mut table = self.table();
         table.sessions.retain(|_, slot| slot.strong_count() > 0);
         table.line.retain(|tx| !tx.is_closed());
-        // Places free while newcomers wait should not happen (a leaving session hands its
-        // place on); if they do, those in line go first.
-        let unwanted = self.hand_over(&mut table);
-        if !unwanted.is_empty() {
-            drop(table);
-            drop(unwanted);
-            return self.admit();
-        }
+        // A place is never free while newcomers wait (a leaving session hands its place to
+        // the head of the line), so a free place with nobody in line is the newcomer's.
         if table.sessions.len() < self.max && table.line.is_empty() {
             return Admission::Now(self.place(&mut table, now));
         }

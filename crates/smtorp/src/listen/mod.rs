@@ -76,11 +76,11 @@ impl<P: Policy + Clone> SessionFactory<P> {
                     .spawn(async move { factory.run_session(stream, peer, slot, shutdown).await });
             }
             Admission::Queued(queued) => {
+                let mut shutdown = shutdown;
                 sessions.spawn(async move {
-                    let mut stop = shutdown.clone();
                     let slot = tokio::select! {
                         slot = queued.place() => slot,
-                        _ = stopped(&mut stop) => None,
+                        _ = stopped(&mut shutdown) => None,
                     };
                     match slot {
                         Some(slot) => factory.run_session(stream, peer, slot, shutdown).await,
