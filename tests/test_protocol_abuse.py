@@ -453,6 +453,28 @@ def test_max_sessions(server_factory):
             r.close()
 
 
+def test_sigterm_with_newcomers_in_line(server_factory):
+    """Every place held and the line full: SIGTERM still stops the daemon at once (clean
+    exit), and those in line are told 421 rather than left hanging."""
+    srv = server_factory(smtp={"max_sessions": 2, "wait_for_session": "60s"})
+    held = [raw(srv) for _ in range(2)]
+    waiting = []
+    try:
+        for r in held:
+            assert r.cmd("NOOP")[0] == 250
+        waiting = [Raw(srv.port) for _ in range(2)]
+        for w in waiting:
+            with pytest.raises(TimeoutError):
+                w.reply(timeout=0.3)
+        srv.stop(timeout=10)
+        for w in waiting:
+            code, text = w.reply(timeout=5)
+            assert code == 421 and "4.3.2" in text, text
+    finally:
+        for r in held + waiting:
+            r.close()
+
+
 def test_max_errors(server_factory):
     srv = server_factory(smtp={"max_errors": 4})
     with raw(srv) as r:

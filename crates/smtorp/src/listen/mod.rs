@@ -78,9 +78,12 @@ impl<P: Policy + Clone> SessionFactory<P> {
             Admission::Queued(queued) => {
                 let mut shutdown = shutdown;
                 sessions.spawn(async move {
+                    // Shutdown first: the sessions it ends hand their places to those in
+                    // line, who must then hear 421, not a greeting.
                     let slot = tokio::select! {
-                        slot = queued.place() => slot,
+                        biased;
                         _ = stopped(&mut shutdown) => None,
+                        slot = queued.place() => slot,
                     };
                     match slot {
                         Some(slot) => factory.run_session(stream, peer, slot, shutdown).await,
