@@ -1,6 +1,7 @@
 """Protocol abuse over raw sockets: long lines, bare LF/CR, SMTP smuggling, limits,
 pipelining, garbage, slow clients, session and error limits, odd commands."""
 
+import contextlib
 import os
 import random
 import re
@@ -414,20 +415,30 @@ def test_idle_in_data_gets_421(server_factory):
     srv.assert_no_delivery("alice", wait=1)
 
 
+@contextlib.contextmanager
+def every_place_and_the_line_taken(srv, n: int):
+    """`n` sessions holding every place, just active (none may be closed for a newcomer:
+    that takes a second of idleness), and `n` newcomers in line behind them (no greeting
+    yet). Yields (held, waiting); closes them all at the end."""
+    held = [raw(srv) for _ in range(n)]
+    waiting = []
+    try:
+        for r in held:
+            assert r.cmd("NOOP")[0] == 250
+        waiting = [Raw(srv.port) for _ in range(n)]
+        yield held, waiting
+    finally:
+        for r in held + waiting:
+            r.close()
+
+
 def test_max_sessions(server_factory):
     """With every place taken by sessions that are not idle, newcomers wait in line for a
     place (no greeting yet), first come first served, up to `max_sessions` of them; one
     more is told 421 at once; one in line gets its greeting when a place comes free, and
     the others 421 when their wait (`wait_for_session`, 3 s here) is over."""
     srv = server_factory(smtp={"max_sessions": 3, "wait_for_session": "3s"})
-    held = [raw(srv) for _ in range(3)]
-    waiting = []
-    try:
-        # The sessions just made progress: none may be closed for a newcomer (that takes
-        # a second of idleness).
-        for r in held:
-            assert r.cmd("NOOP")[0] == 250
-        waiting = [Raw(srv.port) for _ in range(3)]
+    with every_place_and_the_line_taken(srv, 3) as (held, waiting):
         with Raw(srv.port) as seventh:
             code, text = seventh.reply(timeout=3)
             assert code == 421, text
@@ -448,21 +459,13 @@ def test_max_sessions(server_factory):
         for w in waiting[1:]:
             code, text = w.reply(timeout=15)
             assert code == 421 and "4.3.2" in text, text
-    finally:
-        for r in held + waiting:
-            r.close()
 
 
 def test_sigterm_with_newcomers_in_line(server_factory):
     """Every place held and the line full: SIGTERM still stops the daemon at once (clean
     exit), and those in line are told 421 rather than left hanging."""
     srv = server_factory(smtp={"max_sessions": 2, "wait_for_session": "60s"})
-    held = [raw(srv) for _ in range(2)]
-    waiting = []
-    try:
-        for r in held:
-            assert r.cmd("NOOP")[0] == 250
-        waiting = [Raw(srv.port) for _ in range(2)]
+    with every_place_and_the_line_taken(srv, 2) as (_, waiting):
         for w in waiting:
             with pytest.raises(TimeoutError):
                 w.reply(timeout=0.3)
@@ -470,9 +473,6 @@ def test_sigterm_with_newcomers_in_line(server_factory):
         for w in waiting:
             code, text = w.reply(timeout=5)
             assert code == 421 and "4.3.2" in text, text
-    finally:
-        for r in held + waiting:
-            r.close()
 
 
 def test_max_errors(server_factory):
