@@ -1,6 +1,6 @@
 //! Group commit: one thread owns the fsync of the store and lets every caller that is
-//! waiting at the same moment share one: the spool folder (new files' entries) and sled's
-//! `flush()`.
+//! waiting at the same moment share one: sled's `flush()`, then the spool folder (new
+//! files' entries, and the disk cache's flush).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
@@ -137,15 +137,17 @@ struct State {
 }
 
 impl State {
-    /// One flush: the spool folder if it has new entries, then sled.
+    /// One flush: sled, then the spool folders (whose fsync also flushes the disk's
+    /// cache for sled's writes: see `SpoolDir::sync`).
     fn flush(&self) -> FlushResult {
         let started = (self.epoch.elapsed().as_millis() as u64).max(1);
         self.busy_since.store(started, Ordering::SeqCst);
         let result = self
-            .spool
-            .sync_if_dirty()
-            .map_err(|e| format!("spool folder: {e}"))
-            .and_then(|()| self.db.flush().map(drop).map_err(|e| e.to_string()));
+            .db
+            .flush()
+            .map(drop)
+            .map_err(|e| e.to_string())
+            .and_then(|()| self.spool.sync().map_err(|e| format!("spool folder: {e}")));
         self.busy_since.store(0, Ordering::SeqCst);
         result
     }

@@ -263,6 +263,11 @@ pub struct Queue {
     recovery: RecoveryReport,
     flusher: Flusher,
     health: bounded::Health,
+    /// Serializes the writers of `envelopes` and `due` (commit, update, remove): each
+    /// reads an envelope and then changes it and its due key, and must not interleave with
+    /// another writer of the same message. See [`Queue::update`] for why these are not sled
+    /// transactions.
+    writes: std::sync::Mutex<()>,
 }
 
 impl fmt::Debug for Queue {
@@ -405,6 +410,7 @@ impl Queue {
             recovery: report,
             flusher,
             health: bounded::Health::default(),
+            writes: std::sync::Mutex::new(()),
         })
     }
 
@@ -489,28 +495,40 @@ impl Queue {
         let bytes = encode(&env)?;
         let key = id_key(env.id);
         let dkey = due_key(msg.arrival, env.id);
-        let token = token.map(str::as_bytes);
-        let mut token_value = [0u8; 16];
-        token_value[..8].copy_from_slice(&key);
-        token_value[8..].copy_from_slice(&now_secs().to_be_bytes());
-        let written = (&self.envelopes, &self.due, &self.tokens)
-            .transaction(|(e, d, t)| {
-                if let Some(token) = token {
-                    if t.get(token)?.is_some() {
-                        return Ok(false);
-                    }
-                    t.insert(token, &token_value[..])?;
+        let in_use = || QueueError::Corrupt(format!("queue id {} is already in use", env.id));
+        let _writing = self.writing();
+        let written = match token.map(str::as_bytes) {
+            // Without a token: two plain writes, no sled transaction (see `update`).
+            None => {
+                if self.envelopes.contains_key(key)? {
+                    return Err(in_use());
                 }
-                if e.get(key)?.is_some() {
-                    return Err(ConflictableTransactionError::Abort(QueueError::Corrupt(
-                        format!("queue id {} is already in use", env.id),
-                    )));
-                }
-                e.insert(&key[..], bytes.as_slice())?;
-                d.insert(&dkey[..], &[][..])?;
-                Ok(true)
-            })
-            .map_err(tx_err)?;
+                self.envelopes.insert(&key[..], bytes.as_slice())?;
+                self.due.insert(&dkey[..], &[][..])?;
+                true
+            }
+            // The token must be recorded if and only if the envelope is: one transaction
+            // (a maildrop pickup, rare enough for its cost).
+            Some(token) => {
+                let mut token_value = [0u8; 16];
+                token_value[..8].copy_from_slice(&key);
+                token_value[8..].copy_from_slice(&now_secs().to_be_bytes());
+                (&self.envelopes, &self.due, &self.tokens)
+                    .transaction(|(e, d, t)| {
+                        if t.get(token)?.is_some() {
+                            return Ok(false);
+                        }
+                        t.insert(token, &token_value[..])?;
+                        if e.get(key)?.is_some() {
+                            return Err(ConflictableTransactionError::Abort(in_use()));
+                        }
+                        e.insert(&key[..], bytes.as_slice())?;
+                        d.insert(&dkey[..], &[][..])?;
+                        Ok(true)
+                    })
+                    .map_err(tx_err)?
+            }
+        };
         if written {
             spool.keep();
         }
@@ -718,9 +736,18 @@ impl Queue {
         }
     }
 
-    /// Atomically stores a changed envelope and moves its due entry to `env.next_due`.
-    /// When no recipient is pending, removes the message (envelope, due entry, then its
-    /// spool file) instead. Not durable until the next [`Queue::sync`].
+    /// Stores a changed envelope and moves its due entry to `env.next_due`. When no
+    /// recipient is pending, removes the message (envelope, due entry, then its spool file)
+    /// instead. Not durable until the next [`Queue::sync`].
+    ///
+    /// Plain sled writes, not a transaction: every sled transaction (and `apply_batch`)
+    /// writes its batch marker into an I/O buffer of its own and rolls the log, two
+    /// `pwrite` + `sync_file_range` each, so two per message received and two per message
+    /// delivered; plain writes wait in the log buffer for the next group commit, which
+    /// writes them all at once. The writers are serialized by a lock of the queue, so they
+    /// never interleave. What a transaction gave beyond that, that a crash leaves all of a
+    /// change or none of it, matters only for the due index, and recovery rebuilds it from
+    /// the envelopes at the next open. The envelope itself is one key, written atomically.
     ///
     /// A message that is no longer queued (removed meanwhile) is left alone: `Ok(())`.
     /// A pending envelope with `next_due == None` is stored as due now.
@@ -735,28 +762,33 @@ impl Queue {
         };
         let bytes = encode(&stored)?;
         let new_due = stored.next_due.map(|t| due_key(t, env.id));
-        let removed = (&self.envelopes, &self.due)
-            .transaction(|(e, d)| {
-                let Some(old) = e.get(key)? else {
-                    return Ok(false);
-                };
-                let old = decode(env.id, &old).map_err(ConflictableTransactionError::Abort)?;
-                if let Some(t) = old.next_due {
-                    d.remove(&due_key(t, env.id)[..])?;
-                }
-                match new_due {
-                    Some(dkey) => {
-                        e.insert(&key[..], bytes.as_slice())?;
-                        d.insert(&dkey[..], &[][..])?;
-                        Ok(false)
+        let removed = {
+            let _writing = self.writing();
+            let Some(old) = self.envelopes.get(key)? else {
+                return Ok(());
+            };
+            let old_due = decode(env.id, &old)?.next_due.map(|t| due_key(t, env.id));
+            match new_due {
+                Some(dkey) => {
+                    // The envelope first: a crash between the writes leaves at worst a
+                    // due key too many or too few, and recovery rebuilds the due index
+                    // from the envelopes.
+                    self.envelopes.insert(&key[..], bytes.as_slice())?;
+                    if let Some(old_due) = old_due.filter(|k| *k != dkey) {
+                        self.due.remove(&old_due[..])?;
                     }
-                    None => {
-                        e.remove(&key[..])?;
-                        Ok(true)
-                    }
+                    self.due.insert(&dkey[..], &[][..])?;
+                    false
                 }
-            })
-            .map_err(tx_err)?;
+                None => {
+                    self.envelopes.remove(&key[..])?;
+                    if let Some(old_due) = old_due {
+                        self.due.remove(&old_due[..])?;
+                    }
+                    true
+                }
+            }
+        };
         if removed {
             // Every recipient is done (delivered, or failed and bounced): the content is not
             // needed whether or not this removal survives a crash. The sinks have finished
@@ -769,40 +801,42 @@ impl Queue {
     /// Removes a message entirely; false if it was not there.
     pub fn remove(&self, id: QueueId) -> Result<bool, QueueError> {
         let key = id_key(id);
-        // Ok(None): not there; Ok(Some(None)): removed, but the stored envelope could not be
-        // decoded, so its due key is unknown.
-        let removed = (&self.envelopes, &self.due)
-            .transaction(|(e, d)| {
-                let Some(old) = e.remove(&key[..])? else {
-                    return Ok(None);
-                };
-                match serde_json::from_slice::<Envelope>(&old) {
-                    Ok(old) => {
-                        if let Some(t) = old.next_due {
-                            d.remove(&due_key(t, id)[..])?;
-                        }
-                        Ok(Some(Some(())))
-                    }
-                    Err(_) => Ok(Some(None)),
+        {
+            let _writing = self.writing();
+            let Some(old) = self.envelopes.remove(&key[..])? else {
+                return Ok(false);
+            };
+            self.remove_due_keys(id, &old)?;
+        }
+        self.spool.remove(id)?;
+        Ok(true)
+    }
+
+    /// Removes the due key of a removed envelope (`old`, as stored); when `old` cannot be
+    /// decoded, every due key of `id`, found by a scan (rare).
+    fn remove_due_keys(&self, id: QueueId, old: &[u8]) -> Result<(), QueueError> {
+        match serde_json::from_slice::<Envelope>(old) {
+            Ok(old) => {
+                if let Some(t) = old.next_due {
+                    self.due.remove(&due_key(t, id)[..])?;
                 }
-            })
-            .map_err(tx_err)?;
-        match removed {
-            None => Ok(false),
-            Some(found) => {
-                self.spool.remove(id)?;
-                if found.is_none() {
-                    // Rare: find the due key(s) of this id by a scan.
-                    for k in self.due.iter().keys() {
-                        let k = k?;
-                        if parse_due_key(&k).is_some_and(|(_, kid)| kid == id) {
-                            self.due.remove(&k)?;
-                        }
+            }
+            Err(_) => {
+                for k in self.due.iter().keys() {
+                    let k = k?;
+                    if parse_due_key(&k).is_some_and(|(_, kid)| kid == id) {
+                        self.due.remove(&k)?;
                     }
                 }
-                Ok(true)
             }
         }
+        Ok(())
+    }
+
+    /// The lock of the envelope writers (see `writes`); a poisoned lock is taken anyway
+    /// (the store itself is consistent after any single write).
+    fn writing(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.writes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Every envelope, in id order (for `smtorp queue list`).

@@ -42,8 +42,11 @@ struct Pool {
     path: PathBuf,
     /// The folder, for `renameat2` and fsync.
     dir: File,
-    /// The numbers (names) of the files in the pool.
+    /// The numbers (names) of the files in the pool that may be reused.
     names: Mutex<Vec<u64>>,
+    /// Files pooled since the spool folder was last fsynced: not reused before the next
+    /// fsync (see [`SpoolDir::sync`]).
+    fresh: Mutex<Vec<u64>>,
     /// The next name.
     next: AtomicU64,
     /// A file left the pool since the folder was last fsynced.
@@ -77,6 +80,7 @@ impl Pool {
             path: path.to_path_buf(),
             dir: File::open(path).ok()?,
             names: Mutex::new(Vec::new()),
+            fresh: Mutex::new(Vec::new()),
             next: AtomicU64::new(0),
             dirty: AtomicBool::new(false),
             enabled: AtomicBool::new(true),
@@ -85,6 +89,15 @@ impl Pool {
 
     fn names(&self) -> std::sync::MutexGuard<'_, Vec<u64>> {
         self.names.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn fresh(&self) -> std::sync::MutexGuard<'_, Vec<u64>> {
+        self.fresh.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Files in the pool, reusable or not yet.
+    fn len(&self) -> usize {
+        self.names().len() + self.fresh().len()
     }
 
     fn usable(&self) -> bool {
@@ -124,8 +137,6 @@ struct Inner {
     path: PathBuf,
     /// The folder, open for fsync.
     dir: File,
-    /// A file was created since the folder was last fsynced.
-    dirty: AtomicBool,
     /// Emptied files for reuse.
     pool: Option<Pool>,
 }
@@ -148,7 +159,6 @@ impl SpoolDir {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
                 dir,
-                dirty: AtomicBool::new(false),
                 pool: Pool::open(pool),
             }),
         })
@@ -190,7 +200,6 @@ impl SpoolDir {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(None),
             Err(e) => return Err(e),
         };
-        self.inner.dirty.store(true, Ordering::SeqCst);
         Ok(Some(Spool {
             id,
             file,
@@ -258,7 +267,6 @@ impl SpoolDir {
             }
         }
         pool.dirty.store(true, Ordering::SeqCst);
-        self.inner.dirty.store(true, Ordering::SeqCst);
         match OpenOptions::new()
             .write(true)
             .truncate(true)
@@ -281,7 +289,7 @@ impl SpoolDir {
         if let Some(pool) = self.inner.pool.as_ref().filter(|p| p.usable()) {
             let small = fs::symlink_metadata(self.file(id))
                 .is_ok_and(|m| m.is_file() && m.len() <= POOL_MAX_FILE_SIZE);
-            if small && pool.names().len() < POOL_MAX_FILES {
+            if small && pool.len() < POOL_MAX_FILES {
                 // Moved out of `spool/` first, emptied afterwards: a crash in between (or a
                 // rename the file system had not yet made durable) must never leave an
                 // emptied `spool/<id>` behind for an envelope whose delivery the store had not
@@ -294,7 +302,7 @@ impl SpoolDir {
                     Ok(()) => {
                         let pooled = pool.path.join(n.to_string());
                         match nix::unistd::truncate(&pooled, 0) {
-                            Ok(()) => pool.names().push(n),
+                            Ok(()) => pool.fresh().push(n),
                             Err(_) => {
                                 let _ = fs::remove_file(&pooled);
                             }
@@ -343,9 +351,18 @@ impl SpoolDir {
         Ok(out)
     }
 
-    /// fsyncs the folder if a file was created since the last time (group commit), and the
-    /// pool folder if a file left it.
-    pub(crate) fn sync_if_dirty(&self) -> io::Result<()> {
+    /// The group commit's part, after sled's flush: fsyncs the pool folder if a file left
+    /// it, then the spool folder, always. Always, because the fsync is also what flushes
+    /// the disk's write cache: sled makes its writes durable with `sync_file_range`, which
+    /// writes the pages but does not flush the cache, so without an fsync after it an
+    /// acknowledged envelope could still be lost in a power cut.
+    ///
+    /// Files pooled before the spool folder's fsync become reusable after it. Until then
+    /// the folder on disk may still hold the `spool/<id>` name of a pooled file, and a crash
+    /// would let recovery find that name with the next message's content in it (for an
+    /// envelope whose delivery the store had not yet recorded): a copy of another
+    /// message, delivered to the wrong recipients.
+    pub(crate) fn sync(&self) -> io::Result<()> {
         if let Some(pool) = &self.inner.pool {
             if pool.dirty.swap(false, Ordering::SeqCst) {
                 if let Err(e) = pool.dir.sync_all() {
@@ -354,13 +371,20 @@ impl SpoolDir {
                 }
             }
         }
-        if self.inner.dirty.swap(false, Ordering::SeqCst) {
-            if let Err(e) = self.inner.dir.sync_all() {
-                self.inner.dirty.store(true, Ordering::SeqCst);
-                return Err(e);
+        let pooled = self
+            .inner
+            .pool
+            .as_ref()
+            .map(|pool| std::mem::take(&mut *pool.fresh()))
+            .unwrap_or_default();
+        let synced = self.inner.dir.sync_all();
+        if let Some(pool) = &self.inner.pool {
+            match synced {
+                Ok(()) => pool.names().extend(pooled),
+                Err(_) => pool.fresh().extend(pooled),
             }
         }
-        Ok(())
+        synced
     }
 
     /// Bytes taken by the spool files and the pool (their sizes; for `status` and

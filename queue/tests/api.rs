@@ -574,6 +574,16 @@ fn a_delivered_message_leaves_its_file_for_the_next_one_emptied() {
         .map(|e| e.unwrap().metadata().unwrap().len())
         .collect();
     assert_eq!(pooled, vec![0], "a pooled file is empty");
+    // Not reused before the spool folder's next fsync: until then the folder on disk may
+    // still name it `spool/<first id>`.
+    let early = q.create_spool().unwrap();
+    assert_ne!(
+        inode(early.id()),
+        first,
+        "a pooled file is reused only after a sync"
+    );
+    drop(early);
+    q.sync_blocking().unwrap();
     // The next message gets the same file, with nothing of the first one in it.
     let mut spool = q.create_spool().unwrap();
     let id = spool.id();
@@ -644,4 +654,40 @@ fn the_pool_is_bounded() {
         .count();
     assert_eq!(pooled, 64);
     assert_eq!(std::fs::read_dir(q.spool_dir()).unwrap().count(), 0);
+}
+
+#[test]
+fn concurrent_updates_of_one_message_leave_exactly_its_due_key() {
+    // The writers are plain sled writes serialized by the queue's lock (no transaction):
+    // however their updates interleave, the message ends with one due key, at the
+    // `next_due` of the envelope stored last, and no other.
+    let dir = tempfile::tempdir().unwrap();
+    let id = {
+        let q = std::sync::Arc::new(Queue::open(dir.path()).unwrap());
+        let env = insert(&q, 1, &["bob@b.onion"], b"Subject: x\r\n\r\nx\r\n");
+        let start = std::sync::Arc::new(std::sync::Barrier::new(8));
+        let threads: Vec<_> = (0..8u64)
+            .map(|t| {
+                let q = std::sync::Arc::clone(&q);
+                let start = std::sync::Arc::clone(&start);
+                let mut env = env.clone();
+                std::thread::spawn(move || {
+                    start.wait();
+                    for i in 0..2000u64 {
+                        env.next_due = Some(10 + (i * 7 + t * 13) % 50);
+                        q.update(&env).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let last = q.envelope(env.id).unwrap().unwrap().next_due.unwrap();
+        assert_eq!(q.due(u64::MAX - 1, 100).unwrap(), vec![env.id]);
+        assert_eq!(q.next_due().unwrap(), Some(last));
+        q.sync_blocking().unwrap();
+        (env.id, last)
+    };
+    assert_eq!(raw_due_keys(dir.path()), vec![(id.1, id.0 .0)]);
 }
