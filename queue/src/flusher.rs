@@ -9,12 +9,15 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use crate::spool::SpoolDir;
+use crate::spool::{SpoolDir, POOL_LINGER};
 use crate::QueueError;
 
 /// How long dropping the queue waits for the flusher's final flush before it leaves the
 /// thread behind (a flush stuck on a full or dead disk must not stop a shutdown).
 const FINAL_FLUSH_WAIT: Duration = Duration::from_secs(5);
+
+/// How often an idle flusher looks for pooled spool files to empty.
+const POOL_SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 /// The answer of the flusher: `Err` carries the text of the sled error.
 pub(crate) type FlushResult = Result<(), String>;
@@ -154,9 +157,18 @@ impl State {
 }
 
 /// The flusher loop: block for the first request, take every other request already
-/// queued, flush once, answer them all.
+/// queued, flush once, answer them all; between requests, empty the pooled spool files
+/// that have lingered.
 fn run(state: &State, rx: &mpsc::Receiver<Waiter>) {
-    while let Ok(first) = rx.recv() {
+    loop {
+        let first = match rx.recv_timeout(POOL_SWEEP_EVERY) {
+            Ok(first) => first,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                state.spool.empty_idle_pool_files(POOL_LINGER);
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         let mut waiters = vec![first];
         while let Ok(more) = rx.try_recv() {
             waiters.push(more);
@@ -171,6 +183,7 @@ fn run(state: &State, rx: &mpsc::Receiver<Waiter>) {
             // A waiter that went away (cancelled sync) does not matter.
             let _ = waiter.send(result.clone());
         }
+        state.spool.empty_idle_pool_files(POOL_LINGER);
     }
     // The queue is being dropped: one last flush for writes nobody waited for.
     if let Err(e) = state.flush() {

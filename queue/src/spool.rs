@@ -4,7 +4,8 @@
 //! entries are made durable by the group-commit flusher, once per batch.
 //!
 //! A small file whose message was delivered is not unlinked but moved into a pool folder
-//! (`spool.free/`) and renamed back, emptied, for the next message: see [`Pool`].
+//! (`spool.free/`) and renamed back for the next message, which is written over it: see
+//! [`Pool`].
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -12,23 +13,32 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::{QueueError, QueueId};
 
 /// Files kept in the pool at most (a few more while deliveries finish at the same moment).
 const POOL_MAX_FILES: usize = 64;
+/// How long a delivered message's content may stay in a pooled file that nobody reuses:
+/// older pooled files are emptied by [`SpoolDir::empty_idle_pool_files`].
+pub(crate) const POOL_LINGER: Duration = Duration::from_secs(30);
 /// Larger files are unlinked, not pooled (truncating many blocks is not cheaper than
 /// freeing the inode with them).
 const POOL_MAX_FILE_SIZE: u64 = 256 * 1024;
 
-/// Emptied spool files waiting to be reused, in their own folder next to `spool/`.
+/// Spool files of delivered messages waiting to be reused, in their own folder next to
+/// `spool/`.
 ///
 /// Why: creating a file allocates an inode and unlinking one frees it. On ext4 without a
 /// journal, every inode allocation skips the inodes freed in the last minutes
 /// (`recently_deleted`, one buffer lookup each), so at hundreds of messages a second a
 /// create-per-message, unlink-per-message spool spent a fifth of the daemon's CPU there
 /// (docs/performance.md). A pooled file is renamed (`renameat2`, never over an existing
-/// name) and then truncated instead: no inode is allocated or freed.
+/// name) instead: no inode is allocated or freed. Nor is it truncated: the next message
+/// is written over its blocks, and only what is left beyond the new content is cut at
+/// commit, so at the same sizes no block is freed, discarded or allocated again. A
+/// pooled file that nobody reuses is emptied after [`POOL_LINGER`]: the pool keeps a
+/// delivered message's content only while the next messages are about to take its place.
 ///
 /// Only the queue's own removal of a finished message ([`SpoolDir::recycle`], from
 /// `Queue::update`) pools a file: its readers (the sinks) are done by then. An explicit
@@ -42,11 +52,11 @@ struct Pool {
     path: PathBuf,
     /// The folder, for `renameat2` and fsync.
     dir: File,
-    /// The numbers (names) of the files in the pool that may be reused.
-    names: Mutex<Vec<u64>>,
+    /// The files in the pool that may be reused, the latest pooled last.
+    names: Mutex<Vec<Pooled>>,
     /// Files pooled since the spool folder was last fsynced: not reused before the next
     /// fsync (see [`SpoolDir::sync`]).
-    fresh: Mutex<Vec<u64>>,
+    fresh: Mutex<Vec<Pooled>>,
     /// The next name.
     next: AtomicU64,
     /// A file left the pool since the folder was last fsynced.
@@ -87,11 +97,11 @@ impl Pool {
         })
     }
 
-    fn names(&self) -> std::sync::MutexGuard<'_, Vec<u64>> {
+    fn names(&self) -> std::sync::MutexGuard<'_, Vec<Pooled>> {
         self.names.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn fresh(&self) -> std::sync::MutexGuard<'_, Vec<u64>> {
+    fn fresh(&self) -> std::sync::MutexGuard<'_, Vec<Pooled>> {
         self.fresh.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -110,6 +120,17 @@ impl Pool {
             tracing::debug!(error = %e, "spool file pool turned off");
         }
     }
+}
+
+/// A file in the pool.
+#[derive(Debug, Clone, Copy)]
+struct Pooled {
+    /// Its name in the pool folder.
+    n: u64,
+    /// When it was pooled.
+    since: Instant,
+    /// True once emptied (it held a delivered message's content until then).
+    empty: bool,
 }
 
 /// `rename` that fails with `AlreadyExists` instead of replacing `to`.
@@ -178,12 +199,13 @@ impl SpoolDir {
     pub(crate) fn create(&self, id: QueueId) -> io::Result<Option<Spool>> {
         let path = self.file(id);
         match self.reuse(id, &path) {
-            Reuse::File(file) => {
+            Reuse::File(file, stale) => {
                 return Ok(Some(Spool {
                     id,
                     file,
                     path,
                     len: 0,
+                    stale,
                     keep: false,
                 }))
             }
@@ -205,6 +227,7 @@ impl SpoolDir {
             file,
             path,
             len: 0,
+            stale: 0,
             keep: false,
         }))
     }
@@ -246,18 +269,21 @@ impl SpoolDir {
         }
     }
 
-    /// Takes a file from the pool and names it `spool/<id>`, emptied.
+    /// Takes a file from the pool and names it `spool/<id>`. It may still hold the content
+    /// of the message delivered before: the new content is written over it from the start,
+    /// and [`Spool::sync`] cuts what is left beyond it.
     fn reuse(&self, id: QueueId, path: &Path) -> Reuse {
         let Some(pool) = self.inner.pool.as_ref().filter(|p| p.usable()) else {
             return Reuse::None;
         };
-        let Some(n) = pool.names().pop() else {
+        let Some(pooled) = pool.names().pop() else {
             return Reuse::None;
         };
+        let n = pooled.n;
         match rename_noreplace(&pool.dir, &n.to_string(), &self.inner.dir, &id.to_string()) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                pool.names().push(n);
+                pool.names().push(pooled);
                 return Reuse::Taken;
             }
             Err(e) => {
@@ -267,13 +293,15 @@ impl SpoolDir {
             }
         }
         pool.dirty.store(true, Ordering::SeqCst);
-        match OpenOptions::new()
+        // Not truncated: overwriting the blocks the file has costs no block allocation at
+        // writeback, no freeing and no discard (docs/performance.md).
+        let opened = OpenOptions::new()
             .write(true)
-            .truncate(true)
             .custom_flags(nix::libc::O_NOFOLLOW)
             .open(path)
-        {
-            Ok(file) => Reuse::File(file),
+            .and_then(|file| Ok((file.metadata()?.len(), file)));
+        match opened {
+            Ok((stale, file)) => Reuse::File(file, stale),
             Err(e) => {
                 tracing::debug!(file = %path.display(), error = %e, "cannot reuse a pooled spool file");
                 let _ = fs::remove_file(path);
@@ -290,23 +318,18 @@ impl SpoolDir {
             let small = fs::symlink_metadata(self.file(id))
                 .is_ok_and(|m| m.is_file() && m.len() <= POOL_MAX_FILE_SIZE);
             if small && pool.len() < POOL_MAX_FILES {
-                // Moved out of `spool/` first, emptied afterwards: a crash in between (or a
-                // rename the file system had not yet made durable) must never leave an
-                // emptied `spool/<id>` behind for an envelope whose delivery the store had not
-                // yet recorded; recovery would then deliver an empty message again. Emptied
-                // now, not when reused: a delivered message's content does not stay on in
-                // the pool (the blocks are freed; the inode is what the pool keeps).
+                // Moved out of `spool/`, and reused only after the spool folder's next fsync
+                // (see `sync`). Its content stays until then, and at most `POOL_LINGER`
+                // after it if nobody reuses it (`empty_idle_pool_files`).
                 let n = pool.next.fetch_add(1, Ordering::Relaxed);
                 match rename_noreplace(&self.inner.dir, &id.to_string(), &pool.dir, &n.to_string())
                 {
                     Ok(()) => {
-                        let pooled = pool.path.join(n.to_string());
-                        match nix::unistd::truncate(&pooled, 0) {
-                            Ok(()) => pool.fresh().push(n),
-                            Err(_) => {
-                                let _ = fs::remove_file(&pooled);
-                            }
-                        }
+                        pool.fresh().push(Pooled {
+                            n,
+                            since: Instant::now(),
+                            empty: false,
+                        });
                         return Ok(());
                     }
                     Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -387,6 +410,35 @@ impl SpoolDir {
         synced
     }
 
+    /// Empties the pooled files that have held a delivered message's content for longer
+    /// than `linger` (the pool is for reuse under load, not for keeping mail). Called by
+    /// the flusher at each flush and when idle. A file that cannot be emptied is unlinked.
+    pub(crate) fn empty_idle_pool_files(&self, linger: Duration) {
+        let Some(pool) = &self.inner.pool else {
+            return;
+        };
+        let mut names = pool.names();
+        let mut gone = Vec::new();
+        for (i, pooled) in names.iter_mut().enumerate() {
+            if pooled.empty || pooled.since.elapsed() < linger {
+                continue;
+            }
+            let path = pool.path.join(pooled.n.to_string());
+            match nix::unistd::truncate(&path, 0) {
+                Ok(()) => pooled.empty = true,
+                Err(_) => {
+                    let _ = fs::remove_file(&path);
+                    gone.push(i);
+                }
+            }
+        }
+        for i in gone.into_iter().rev() {
+            names.remove(i);
+        }
+        // The files still waiting for the spool folder's fsync are left for next time:
+        // they are only as old as the last flush.
+    }
+
     /// Bytes taken by the spool files and the pool (their sizes; for `status` and
     /// benchmarks).
     pub(crate) fn usage(&self) -> u64 {
@@ -406,8 +458,9 @@ impl SpoolDir {
 
 /// What [`SpoolDir::reuse`] found.
 enum Reuse {
-    /// A pooled file, now `spool/<id>`, empty and open for writing.
-    File(File),
+    /// A pooled file, now `spool/<id>`, open for writing at its start, and its length (what
+    /// it still holds of an earlier message).
+    File(File, u64),
     /// `spool/<id>` exists already.
     Taken,
     /// Nothing to reuse: create a file.
@@ -421,6 +474,9 @@ pub struct Spool {
     file: File,
     path: PathBuf,
     len: u64,
+    /// The length of the file when it was taken from the pool (an earlier message's
+    /// content, overwritten as this one is written).
+    stale: u64,
     keep: bool,
 }
 
@@ -457,8 +513,13 @@ impl Spool {
         Ok(())
     }
 
-    /// Makes the content durable (fdatasync).
+    /// Cuts what is left of an earlier message beyond this one (a reused file), then makes
+    /// the content durable (fdatasync).
     pub(crate) fn sync(&mut self) -> io::Result<()> {
+        if self.stale > self.len {
+            self.file.set_len(self.len)?;
+            self.stale = self.len;
+        }
         self.file.sync_data()
     }
 
@@ -521,5 +582,49 @@ impl Body {
 impl Read for Body {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.file.read(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pooled_lengths(pool: &Path) -> Vec<u64> {
+        fs::read_dir(pool)
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .collect()
+    }
+
+    #[test]
+    fn a_pooled_file_nobody_reuses_is_emptied_after_the_linger() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = dir.path().join("spool.free");
+        let spool = SpoolDir::open(&dir.path().join("spool"), &pool).unwrap();
+        let id = QueueId(7);
+        let mut file = spool.create(id).unwrap().unwrap();
+        file.write_all(b"Subject: delivered\r\n\r\nsecret\r\n")
+            .unwrap();
+        file.keep();
+        drop(file);
+        spool.recycle(id).unwrap();
+        assert_eq!(pooled_lengths(&pool), vec![30], "pooled with its content");
+        // Waiting for the spool folder's fsync: not touched yet.
+        spool.empty_idle_pool_files(Duration::ZERO);
+        assert_eq!(pooled_lengths(&pool), vec![30]);
+        spool.sync().unwrap();
+        spool.empty_idle_pool_files(Duration::from_secs(3600));
+        assert_eq!(pooled_lengths(&pool), vec![30], "not yet lingered");
+        spool.empty_idle_pool_files(Duration::ZERO);
+        assert_eq!(pooled_lengths(&pool), vec![0], "emptied");
+        // Still reusable, and a reuse of an emptied file writes from its start.
+        let mut file = spool.create(QueueId(8)).unwrap().unwrap();
+        assert!(pooled_lengths(&pool).is_empty());
+        file.write_all(b"next").unwrap();
+        file.sync().unwrap();
+        assert_eq!(
+            fs::read(spool.path().join(QueueId(8).to_string())).unwrap(),
+            b"next"
+        );
     }
 }
