@@ -111,6 +111,8 @@ struct Candidate {
 #[derive(Debug, Default)]
 struct Round {
     candidates: Vec<Candidate>,
+    /// The listing stopped at [`MAX_NAMES_PER_ROUND`]: more names wait in the folder.
+    more: bool,
 }
 
 /// The daemon's handles on its folders.
@@ -242,7 +244,10 @@ impl Folders {
                 break;
             }
         }
-        let mut round = Round::default();
+        let mut round = Round {
+            more: names.len() >= MAX_NAMES_PER_ROUND,
+            ..Round::default()
+        };
         for name in names {
             if name.as_bytes().starts_with(b".") {
                 if sweep_temp {
@@ -346,8 +351,9 @@ impl Pickup {
     }
 
     /// Looks at the folder once and queues what it finds, [`PICKUP_AT_ONCE`] files at a
-    /// time. Returns how many were queued.
-    pub(crate) async fn once(self: &Arc<Self>, sweep: bool) -> usize {
+    /// time. Returns how many were queued, and whether the folder held more names than one
+    /// round reads.
+    pub(crate) async fn once(self: &Arc<Self>, sweep: bool) -> (usize, bool) {
         let (maildrop, rejected, max_size) =
             (self.maildrop.clone(), self.rejected.clone(), self.max_size);
         let stuck = self.stuck.clone();
@@ -362,13 +368,14 @@ impl Pickup {
             Ok(Ok(x)) => x,
             Ok(Err(e)) => {
                 warn!(dir = %self.maildrop.display(), error = %e, "cannot read the maildrop");
-                return 0;
+                return (0, false);
             }
             Err(e) => {
                 warn!(error = %e, "maildrop scan failed");
-                return 0;
+                return (0, false);
             }
         };
+        let more = round.more;
         let folders = Arc::new(folders);
         let mut queued = 0;
         let mut candidates = round.candidates.into_iter();
@@ -392,7 +399,7 @@ impl Pickup {
                 Some(Err(e)) => warn!(error = %e, "a maildrop pickup task failed"),
             }
         }
-        queued
+        (queued, more && !unavailable)
     }
 
     /// Queues one opened file. `Err` when the queue is unavailable (stop the round).
@@ -488,8 +495,10 @@ impl Pickup {
         }
     }
 
-    /// Picks up at start and then every 250 ms until shutdown; every minute also removes
-    /// stale unfinished files, forgets old tokens and tends the disk reserve.
+    /// Picks up at start and then every 250 ms until shutdown, at once again after a round
+    /// that queued something and left names behind (a backlog is not paced by the
+    /// period); every minute also removes stale unfinished files, forgets old tokens and
+    /// tends the disk reserve.
     pub(crate) async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let this = Arc::new(self);
         this.forget_stale_tokens(Duration::ZERO).await;
@@ -502,14 +511,57 @@ impl Pickup {
             }
             let space = this.intake.space().clone();
             let _ = tokio::task::spawn_blocking(move || space.tend_reserve()).await;
-            let n = this.once(sweep).await;
+            let (n, more) = this.once(sweep).await;
             if n > 0 {
                 info!(count = n, "picked up from the maildrop");
             }
+            let pause = if n > 0 && more {
+                Duration::ZERO
+            } else {
+                PICKUP_INTERVAL
+            };
             tokio::select! {
-                _ = tokio::time::sleep(PICKUP_INTERVAL) => {}
+                biased;
                 _ = crate::listen::stopped(&mut shutdown) => return,
+                _ = tokio::time::sleep(pause) => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A maildrop with `n` message files, and its folders opened as the pickup opens them.
+    fn maildrop_with(n: usize) -> (tempfile::TempDir, Folders) {
+        let dir = tempfile::tempdir().unwrap();
+        let (drop, rejected) = (dir.path().join("maildrop"), dir.path().join("rejected"));
+        std::fs::create_dir(&drop).unwrap();
+        std::fs::create_dir(&rejected).unwrap();
+        std::fs::set_permissions(&rejected, std::fs::Permissions::from_mode(0o700)).unwrap();
+        for i in 0..n {
+            std::fs::write(drop.join(format!("1000000000.{i:09}.0.test")), b"x").unwrap();
+        }
+        let folders = Folders::open(&drop, &rejected).unwrap();
+        (dir, folders)
+    }
+
+    #[test]
+    fn a_round_says_when_it_left_names_behind() {
+        let mut stuck = HashSet::new();
+        let (_dir, folders) = maildrop_with(MAX_NAMES_PER_ROUND + 5);
+        let round = folders.scan(1 << 20, false, &mut stuck).unwrap();
+        assert_eq!(round.candidates.len(), MAX_NAMES_PER_ROUND);
+        assert!(
+            round.more,
+            "a full round: the pickup goes again without its pause"
+        );
+
+        let (_dir, folders) = maildrop_with(5);
+        let round = folders.scan(1 << 20, false, &mut stuck).unwrap();
+        assert_eq!(round.candidates.len(), 5);
+        assert!(!round.more);
     }
 }
