@@ -5,6 +5,7 @@
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -177,7 +178,8 @@ impl io::Read for Parts<'_> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lookup {
     /// Look in `new/` and `cur/` (a reader may have moved the earlier copy there and added
-    /// flags): for any delivery that may have happened before.
+    /// flags), then in the Maildir's other folders (the user may have filed it): for any
+    /// delivery that may have happened before.
     Full,
     /// Look in `new/` only: for a delivery that cannot have happened before (its first
     /// attempt in a process that has saved every earlier result). Saves listing `cur/`.
@@ -296,7 +298,8 @@ impl Maildir {
         Ok(Delivered::New(new_path))
     }
 
-    /// The path of an earlier copy named `unique` in new/ or cur/, if there is one.
+    /// The path of an earlier copy named `unique` in new/ or cur/, or (with
+    /// [`Lookup::Full`]) in another folder of this Maildir, if there is one.
     fn find_existing(
         &self,
         unique: &str,
@@ -312,17 +315,64 @@ impl Maildir {
             return Ok(None);
         }
         let cur_dir = self.root.join("cur");
-        let prefix = format!("{unique}:");
         for entry in fs::read_dir(&cur_dir).map_err(io_err(&cur_dir))? {
             let entry = entry.map_err(io_err(&cur_dir))?;
-            let name = entry.file_name();
-            let bytes = name.as_encoded_bytes();
-            if bytes == unique.as_bytes() || bytes.starts_with(prefix.as_bytes()) {
+            if is_copy_of(entry.file_name().as_encoded_bytes(), unique) {
                 return Ok(Some(entry.path()));
+            }
+        }
+        self.find_in_subfolders(unique).map_err(io_err(&self.root))
+    }
+
+    /// An earlier copy that the user moved into another folder of this Maildir before the
+    /// retry (Maildir++ folders `.<name>/` beside `new/` and `cur/`; Dovecot and mutt keep
+    /// the file name when they move a message, as `.<name>/cur/<unique>:2,<flags>`).
+    ///
+    /// Every folder is opened relative to the handle of the one above it, with
+    /// `O_NOFOLLOW`: a symbolic link among them (a Maildir may live in a user's home) is
+    /// passed over, never followed. Only names are read.
+    fn find_in_subfolders(&self, unique: &str) -> io::Result<Option<PathBuf>> {
+        use nix::dir::{Dir, Type};
+        use nix::fcntl::OFlag;
+        use nix::sys::stat::Mode;
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let mut root = Dir::open(&self.root, flags, Mode::empty()).map_err(io::Error::from)?;
+        let mut folders = Vec::new();
+        for entry in root.iter() {
+            let entry = entry.map_err(io::Error::from)?;
+            let name = entry.file_name().to_bytes();
+            let is_folder = matches!(entry.file_type(), Some(Type::Directory) | None);
+            if is_folder && name.len() > 1 && name.starts_with(b".") && name != b".." {
+                folders.push(std::ffi::OsStr::from_bytes(name).to_os_string());
+            }
+        }
+        for folder in folders {
+            // Gone, not a folder, or a symbolic link (ELOOP): nothing of ours in it.
+            let Ok(sub) = Dir::openat(&root, folder.as_os_str(), flags, Mode::empty()) else {
+                continue;
+            };
+            for leaf in ["new", "cur"] {
+                let Ok(mut files) = Dir::openat(&sub, leaf, flags, Mode::empty()) else {
+                    continue;
+                };
+                for entry in files.iter() {
+                    let entry = entry.map_err(io::Error::from)?;
+                    let name = entry.file_name().to_bytes();
+                    if is_copy_of(name, unique) {
+                        let name = std::ffi::OsStr::from_bytes(name);
+                        return Ok(Some(self.root.join(&folder).join(leaf).join(name)));
+                    }
+                }
             }
         }
         Ok(None)
     }
+}
+
+/// True if a file name is `unique` itself, or `unique:<info>` (a reader added flags).
+fn is_copy_of(name: &[u8], unique: &str) -> bool {
+    name.strip_prefix(unique.as_bytes())
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(b":"))
 }
 
 /// Creates a new file (never an existing one) with mode 0600.
@@ -479,6 +529,67 @@ mod tests {
         // A different name sharing a prefix is not a match.
         md.deliver("u", &[b"other"]).unwrap();
         assert!(md.root().join("new/u").exists());
+    }
+
+    #[test]
+    fn filed_into_another_folder_is_already_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = Maildir::new(dir.path().join("M"));
+        md.deliver("u4", &[b"mail\r\n"]).unwrap();
+        md.deliver("u5", &[b"mail\r\n"]).unwrap();
+        // The user filed them (Maildir++, as Dovecot and mutt do): flags added in one case,
+        // left in the folder's new/ in the other.
+        for sub in [".Archive/cur", ".Archive/new", ".Lists.rust/cur"] {
+            fs::create_dir_all(md.root().join(sub)).unwrap();
+        }
+        let archived = md.root().join(".Archive/cur/u4:2,S");
+        fs::rename(md.root().join("new/u4"), &archived).unwrap();
+        let filed_unread = md.root().join(".Lists.rust/new/u5");
+        fs::create_dir_all(filed_unread.parent().unwrap()).unwrap();
+        fs::rename(md.root().join("new/u5"), &filed_unread).unwrap();
+        assert_eq!(
+            md.deliver("u4", &[b"again"]).unwrap(),
+            Delivered::AlreadyThere(archived)
+        );
+        assert_eq!(
+            md.deliver("u5", &[b"again"]).unwrap(),
+            Delivered::AlreadyThere(filed_unread)
+        );
+        assert!(!md.root().join("new/u4").exists() && !md.root().join("new/u5").exists());
+        // The cheap lookup of a first attempt does not look there.
+        let mut body: &[u8] = b"x";
+        assert!(matches!(
+            md.deliver_from("u6", b"", &mut body, Lookup::NewOnly)
+                .unwrap(),
+            Delivered::New(_)
+        ));
+    }
+
+    #[test]
+    fn a_linked_folder_is_not_followed() {
+        // A Maildir in a user's home: the user can put a symbolic link where a folder
+        // would be. The lookup passes it over; it never reads what the link points at.
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        fs::create_dir_all(elsewhere.join("cur")).unwrap();
+        fs::write(elsewhere.join("cur/u7:2,S"), b"planted").unwrap();
+        let md = Maildir::new(dir.path().join("M"));
+        md.create().unwrap();
+        std::os::unix::fs::symlink(&elsewhere, md.root().join(".Evil")).unwrap();
+        fs::create_dir(md.root().join(".Linked")).unwrap();
+        std::os::unix::fs::symlink(elsewhere.join("cur"), md.root().join(".Linked/cur")).unwrap();
+        assert!(matches!(
+            md.deliver("u7", &[b"mail"]).unwrap(),
+            Delivered::New(_)
+        ));
+    }
+
+    #[test]
+    fn copies_are_the_name_or_the_name_with_info() {
+        assert!(is_copy_of(b"u1", "u1"));
+        assert!(is_copy_of(b"u1:2,S", "u1"));
+        assert!(!is_copy_of(b"u10", "u1"));
+        assert!(!is_copy_of(b"u", "u1"));
     }
 
     #[test]
