@@ -24,7 +24,14 @@ TOR_TIMEOUT = 90  # seconds for one delivery across the private network (retries
 
 
 def tornet_bin() -> Path:
-    return binary_path().parent / "tornet"
+    """The private-network harness: $TORNET_BIN, else `tornet` beside the smtorp binary
+    (both are built into the same target folder)."""
+    env = os.environ.get("TORNET_BIN")
+    path = Path(env) if env else binary_path().parent / "tornet"
+    if not path.is_file():
+        pytest.fail(f"no tornet binary at {path}: build it (cargo build -p smtorp-tornet) "
+                    "next to SMTORP_BIN, or set TORNET_BIN")
+    return path
 
 
 @contextlib.contextmanager
