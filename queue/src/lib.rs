@@ -463,8 +463,9 @@ impl Queue {
     }
 
     /// Queues the message whose content is in `spool`: makes the content durable
-    /// (fdatasync), then writes the envelope and its due entry (due now), and `token` if
-    /// given, in one transaction. Not yet durable: call [`Queue::sync`] before
+    /// (fdatasync), then writes the envelope and its due entry (due now): two plain writes
+    /// under the writer lock (see [`Queue::update`]), or, with a `token`, one transaction
+    /// that records the token too. Not yet durable: call [`Queue::sync`] before
     /// acknowledging. With a `token` that was recorded before, nothing is queued and `None`
     /// is returned (the spool file is removed). Blocking (fsync).
     pub fn commit(
