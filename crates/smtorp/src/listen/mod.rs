@@ -5,9 +5,9 @@
 //! Every listener has fair [`Slots`]: at most `max_sessions` sessions, shorter timeouts
 //! under stress, and a newcomer takes the place of the session idle the longest instead of
 //! being turned away; when every session is busy it waits in line for the next free place
-//! (up to `[smtp] wait_for_session`; 421 when that runs out or the line is full). The address a client comes from
-//! is never looked at for policy (behind C tor every client is 127.0.0.1); the submission
-//! port uses it only to count password failures.
+//! (up to `[smtp] wait_for_session`; 421 when that runs out or the line is full). The
+//! address a client comes from is never looked at for policy (behind C tor every client is
+//! 127.0.0.1); the submission port uses it only to count password failures.
 
 pub(crate) mod auth;
 pub(crate) mod handler;
@@ -165,8 +165,8 @@ pub(crate) async fn turn_away<S: AsyncWrite + Unpin>(mut stream: S, reply: Strin
 }
 
 /// Serves a bound TCP listener until shutdown: each connection gets a place (at once or
-/// after a wait in line, else 421) and a session; on shutdown, stops accepting and gives open sessions (which got their 421 from
-/// the same signal) 5 s to end before closing them.
+/// after a wait in line, else 421) and a session; on shutdown, stops accepting and gives
+/// open sessions (which got their 421 from the same signal) 5 s to end before closing them.
 pub(crate) async fn serve_tcp<P>(
     listener: TcpListener,
     factory: Arc<SessionFactory<P>>,
